@@ -1,0 +1,2 @@
+//! The `micdrop` command.
+fn main() {}

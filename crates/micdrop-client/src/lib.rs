@@ -1,0 +1,1 @@
+//! micdrop-client (work in progress).

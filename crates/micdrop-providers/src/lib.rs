@@ -1,0 +1,1 @@
+//! micdrop-providers (work in progress).

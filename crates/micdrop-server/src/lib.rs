@@ -1,0 +1,1 @@
+//! micdrop-server (work in progress).

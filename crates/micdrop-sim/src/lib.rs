@@ -1,0 +1,1 @@
+//! micdrop-sim (work in progress).

@@ -1,0 +1,20 @@
+//! # micdrop-testkit
+//!
+//! Scripted providers and a raw WebSocket client for micdrop-rs tests. These live here, never in
+//! the product's code paths: the server under test gets them injected like any provider.
+//!
+//! - [`ScriptedStt`]: transcripts from a script, one entry per user turn; records its commands.
+//! - [`ScriptedTts`]: deterministic PCM derived from the text; records cancellations.
+//! - [`ScriptedModel`]: a chat model answering from a script (texts, tool calls, errors), with
+//!   delays; records its requests and whether a stream was dropped before its end.
+//! - [`WsClient`]: a raw WebSocket client that reads frames with timeouts.
+
+mod model;
+mod stt;
+mod tts;
+mod ws;
+
+pub use model::{ModelStep, ScriptedModel};
+pub use stt::{ScriptedStt, SttScript};
+pub use tts::ScriptedTts;
+pub use ws::{Frame, WsClient};
