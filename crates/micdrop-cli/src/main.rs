@@ -1,2 +1,51 @@
-//! The `micdrop` command.
-fn main() {}
+//! The `micdrop` command: a thin binary over the micdrop-rs crates.
+
+use clap::{Parser, Subcommand};
+
+/// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
+#[derive(Debug, Parser)]
+#[command(name = "micdrop", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the call server (WebSocket at /call, web page at /).
+    Serve(micdrop_server::cli::ServeArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MICDROP_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => micdrop_server::cli::serve(args).await,
+    }
+}

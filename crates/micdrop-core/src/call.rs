@@ -2,7 +2,7 @@
 //!
 //! The task runs a `select!` loop over the client's frames, the STT session's events, the
 //! current turn's agent events, the TTS session's audio, control commands from the embedding
-//! code, timers and shutdown. An answer in progress is a [`Turn`] value: dropping it aborts the
+//! code, timers and shutdown. An answer in progress is a `Turn` value: dropping it aborts the
 //! agent (and its model request). Every audio frame carries its utterance id; cancelling raises
 //! a watermark shared with the writer task, so no frame of a cancelled answer is written after
 //! the `StartSpeaking` that cancelled it has been read.
@@ -457,21 +457,32 @@ impl CallTask {
             };
             match wake {
                 Wake::Shutdown => {
-                    break (EndReason::Shutdown, Some((CLOSE_GOING_AWAY, "Server shutting down".into())));
+                    break (
+                        EndReason::Shutdown,
+                        Some((CLOSE_GOING_AWAY, "Server shutting down".into())),
+                    );
                 }
                 Wake::Client(msg) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.config.idle_timeout);
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.idle_timeout);
                     match msg {
                         None => break (EndReason::ClientClosed, None),
                         Some(Err(e)) => {
                             let lower = e.0.to_lowercase();
-                            let code = if lower.contains("too big") || lower.contains("too long") || lower.contains("size") {
+                            let code = if lower.contains("too big")
+                                || lower.contains("too long")
+                                || lower.contains("size")
+                            {
                                 CLOSE_TOO_BIG
                             } else {
                                 CLOSE_INTERNAL
                             };
                             warn!(error = %e.0, "socket error");
-                            let reason = if code == CLOSE_TOO_BIG { "Frame too big" } else { "Socket error" };
+                            let reason = if code == CLOSE_TOO_BIG {
+                                "Frame too big"
+                            } else {
+                                "Socket error"
+                            };
                             break (EndReason::SocketError(e.0), Some((code, reason.into())));
                         }
                         Some(Ok(msg)) => match decode_client_frame(msg) {
@@ -532,7 +543,12 @@ impl CallTask {
             drop(close_tx);
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), writer_task).await;
-        info!(?reason, duration_secs, items = conversation.len(), "call ended");
+        info!(
+            ?reason,
+            duration_secs,
+            items = conversation.len(),
+            "call ended"
+        );
         CallEnd {
             conversation,
             duration_secs,
@@ -545,7 +561,7 @@ impl CallTask {
     fn push_out(&mut self, o: Outgoing) {
         if self.out_pending.is_empty() {
             match self.out.try_send(o) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(o)) => self.out_pending.push_back(o),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }

@@ -174,11 +174,7 @@ impl Conversation {
 
     /// Removes the last user item (for `CancelLastUserMessage`); returns whether one was found.
     pub fn remove_last_user(&mut self) -> bool {
-        if let Some(pos) = self
-            .items
-            .iter()
-            .rposition(|(_, i)| i.role() == Role::User)
-        {
+        if let Some(pos) = self.items.iter().rposition(|(_, i)| i.role() == Role::User) {
             self.items.remove(pos);
             true
         } else {

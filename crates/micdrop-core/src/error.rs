@@ -150,8 +150,6 @@ mod tests {
         assert!(!s(422).is_retryable());
         assert!(ProviderErrorKind::Network("x".into()).is_retryable());
         assert!(!ProviderErrorKind::Config("x".into()).is_retryable());
-        assert!(
-            AgentError::new("m", ProviderErrorKind::Timeout("t".into())).is_retryable()
-        );
+        assert!(AgentError::new("m", ProviderErrorKind::Timeout("t".into())).is_retryable());
     }
 }

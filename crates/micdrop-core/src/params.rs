@@ -90,9 +90,11 @@ mod tests {
         assert_eq!(e, MicdropError::invalid_params());
 
         let (_sink, mut stream, mut tx, _rx) = channel_socket(4);
-        tx.send(Ok(WsMessage::Text(r#"{"authorization":"Bearer x"}"#.into())))
-            .await
-            .unwrap();
+        tx.send(Ok(WsMessage::Text(
+            r#"{"authorization":"Bearer x"}"#.into(),
+        )))
+        .await
+        .unwrap();
         let e = wait_for_params::<P, _>(&mut stream, PARAMS_TIMEOUT, |p| {
             if p.authorization == "Bearer y" {
                 Ok(())

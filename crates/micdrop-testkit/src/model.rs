@@ -27,7 +27,11 @@ impl ModelStep {
     pub fn words(text: &str) -> Self {
         let mut deltas = Vec::new();
         for (i, w) in text.split(' ').enumerate() {
-            deltas.push(if i == 0 { w.to_owned() } else { format!(" {w}") });
+            deltas.push(if i == 0 {
+                w.to_owned()
+            } else {
+                format!(" {w}")
+            });
         }
         ModelStep::Text(deltas)
     }
@@ -129,7 +133,7 @@ impl ChatModel for ScriptedModel {
             completed: self.completed.clone(),
         };
         let ids = self.ids.clone();
-        let s = async_stream(move |tx| async move {
+        async_stream(move |tx| async move {
             // Move the whole probe in (not just its field): it reports when the task ends.
             let mut probe = probe;
             let (texts, tools) = match step {
@@ -172,8 +176,7 @@ impl ChatModel for ScriptedModel {
                 }
             }
             probe.done = true;
-        });
-        s
+        })
     }
 }
 
@@ -193,7 +196,8 @@ where
         }
     }
     let abort = Abort(task);
-    Box::pin(futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
-        rx.recv().await.map(|item| (item, (rx, abort)))
-    }))
+    Box::pin(futures::stream::unfold(
+        (rx, abort),
+        |(mut rx, abort)| async move { rx.recv().await.map(|item| (item, (rx, abort))) },
+    ))
 }

@@ -31,8 +31,7 @@ pub const SEMANTIC_TURN_TOOL: &str = "semantic_turn";
 pub const IGNORE_USER_NOISE_TOOL: &str = "ignore_user_noise";
 
 /// Default description of `end_call`.
-pub const END_CALL_DESCRIPTION: &str =
-    "End the call. Call this tool only when the user says goodbye or explicitly asks to end the call.";
+pub const END_CALL_DESCRIPTION: &str = "End the call. Call this tool only when the user says goodbye or explicitly asks to end the call.";
 /// Default description of `semantic_turn`.
 pub const SEMANTIC_TURN_DESCRIPTION: &str = "Call this tool only if the last user message is obviously incomplete (cut in the middle of a sentence), so that you wait for the user to finish instead of answering.";
 /// Default description of `ignore_user_noise`.
@@ -366,7 +365,10 @@ impl Agent {
                 return;
             }
         }
-        tracing::warn!(max_steps = self.max_steps, "agent stopped after its maximum steps");
+        tracing::warn!(
+            max_steps = self.max_steps,
+            "agent stopped after its maximum steps"
+        );
     }
 
     async fn finish_text(&self, text: &str, speak: bool, events: &mpsc::Sender<AgentEvent>) {

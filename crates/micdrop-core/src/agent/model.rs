@@ -94,7 +94,9 @@ impl ChatRequest {
                         arguments: parameters.clone(),
                     };
                     match messages.last_mut() {
-                        Some(ChatMessage::Assistant { tool_calls, .. }) if !tool_calls.is_empty() => {
+                        Some(ChatMessage::Assistant { tool_calls, .. })
+                            if !tool_calls.is_empty() =>
+                        {
                             tool_calls.push(call)
                         }
                         _ => messages.push(ChatMessage::Assistant {
