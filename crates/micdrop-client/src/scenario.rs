@@ -31,6 +31,9 @@ use tokio::sync::watch;
 use crate::audio::{self, AudioError, duration_of_bytes};
 use crate::client::{Client, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent};
 
+/// `wait = "answer"` ends once playback is over and no audio has come for this long.
+pub const ANSWER_SETTLE: Duration = Duration::from_millis(150);
+
 /// Default timeout of waits and expectations.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
@@ -135,7 +138,7 @@ pub struct Step {
 #[serde(rename_all = "snake_case")]
 pub enum WaitFor {
     /// The answer to the last user turn (or the greeting) has arrived (audio, `SkipAnswer` or
-    /// `CancelLastUserMessage`) and has finished playing.
+    /// `CancelLastUserMessage`) and has finished playing, with no new audio for 150 ms.
     Answer,
     /// The first assistant audio after the last user turn.
     Audio,
@@ -160,7 +163,7 @@ pub enum Action {
 }
 
 /// An expectation, matched against the events received since the previous matched
-/// expectation (or the start), waiting up to the timeout.
+/// expectation, speech step or action (or the start), waiting up to the timeout.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
@@ -328,6 +331,8 @@ pub struct RunOptions {
     pub stop_on_failure: bool,
     /// Reconnection rules.
     pub reconnect: ReconnectOptions,
+    /// Overrides the pace of every speech step (`Fast` for quick tests).
+    pub pace: Option<Pace>,
     /// Called with every event as it arrives (to print the conversation).
     pub on_event: Option<Box<dyn FnMut(&TimedEvent) + Send>>,
 }
@@ -349,6 +354,7 @@ impl Default for RunOptions {
             record: false,
             stop_on_failure: true,
             reconnect: ReconnectOptions::default(),
+            pace: None,
             on_event: None,
         }
     }
@@ -482,6 +488,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<ScenarioRep
         .or_else(|| scenario.url.clone())
         .unwrap_or_default();
     let params = merge_params(scenario.params.clone(), options.params.clone());
+    let options_pace = options.pace;
     let mut client_options = ClientOptions::new(url).reconnect(options.reconnect);
     client_options.params = params;
     let (client, mut events) = Client::start(client_options);
@@ -522,7 +529,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<ScenarioRep
     };
     let mut failures = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
-        let pace = step.pace.unwrap_or(scenario.pace);
+        let pace = options_pace.unwrap_or(step.pace.unwrap_or(scenario.pace));
         if let Err(message) = runner.step(step, speech[i].as_deref(), pace).await {
             failures.push(format!("step {} ({}): {message}", i + 1, describe(step)));
             if options.stop_on_failure {
@@ -665,6 +672,10 @@ impl Runner {
     }
 
     async fn step(&mut self, step: &Step, speech: Option<&[i16]>, pace: Pace) -> Result<(), String> {
+        if speech.is_some() || step.action.is_some() {
+            // Expectations after a speech step or an action look at what follows it.
+            self.cursor = self.cursor.max(self.log_len());
+        }
         if let Some(samples) = speech {
             if let Some(after) = step.interrupt_after_ms {
                 return self.interrupt(samples, after, pace, self.timeout(step)).await;
@@ -787,14 +798,28 @@ impl Runner {
                 })
                 .await
                 .ok_or_else(|| "no answer".to_owned())?;
-                // Then until it has finished playing.
-                let mut state = self.state.clone();
-                let idle = |s: &ClientState| !s.is_assistant_speaking && !s.is_processing;
-                tokio::time::timeout_at(deadline, state.wait_for(idle))
-                    .await
-                    .map_err(|_| "the answer did not finish playing in time".to_owned())?
-                    .map(|_| ())
-                    .or(Ok(()))
+                // Then until it has finished playing and no more audio comes for a moment (a
+                // TTS slower than real time leaves gaps in playback).
+                loop {
+                    let mut state = self.state.clone();
+                    let idle = |s: &ClientState| !s.is_assistant_speaking && !s.is_processing;
+                    match tokio::time::timeout_at(deadline, state.wait_for(idle)).await {
+                        Err(_) => return Err("the answer did not finish playing in time".into()),
+                        // The client stopped: nothing more will play.
+                        Ok(Err(_)) => return Ok(()),
+                        Ok(Ok(_)) => {}
+                    }
+                    let mark = self.log_len();
+                    let more = self
+                        .wait_log(mark, ANSWER_SETTLE, |(_, e)| matches!(e, Logged::Audio(_)))
+                        .await;
+                    if more.is_none() {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err("the answer did not finish playing in time".into());
+                    }
+                }
             }
         }
     }
