@@ -12,6 +12,8 @@
 //! - [`audio`]: PCM helpers, WAV files, resampling, `espeak-ng`, synthetic speech.
 //! - [`scenario`]: TOML scenarios (steps and expectations) and their runner.
 //! - [`error`]: [`ClientError`] and the close-code mapping.
+//! - `live` (feature `mic`): the default microphone and speaker through `cpal` (Linux: build
+//!   needs `libasound2-dev`).
 //!
 //! ## Example
 //!
@@ -43,6 +45,8 @@
 pub mod audio;
 pub mod client;
 pub mod error;
+#[cfg(feature = "mic")]
+pub mod live;
 pub mod scenario;
 pub mod vad;
 
