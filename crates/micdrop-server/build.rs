@@ -15,7 +15,9 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let mut out = String::from("/// Embedded assets: (file name, content type, bytes).\npub static ASSETS: &[(&str, &str, &[u8])] = &[\n");
+    let mut out = String::from(
+        "/// Embedded assets: (file name, content type, bytes).\npub static ASSETS: &[(&str, &str, &[u8])] = &[\n",
+    );
     for path in files {
         println!("cargo:rerun-if-changed={}", path.display());
         let name = path.file_name().unwrap().to_string_lossy().to_string();
