@@ -747,11 +747,15 @@ impl CallTask {
 
     // Rule 7.
     fn start_answer(&mut self) {
+        let last = self.conversation.last().map(|(id, _)| id);
         let Some(agent) = self.config.agent.clone() else {
+            // Dictation: the `SkipAnswer` is the answer. Unlike Micdrop (which never marks the
+            // message answered and so sends a second, early `SkipAnswer` at the next
+            // `StopSpeaking`), the message counts as answered.
+            self.last_answered = last;
             self.send(ServerFrame::SkipAnswer);
             return;
         };
-        let last = self.conversation.last().map(|(id, _)| id);
         if last.is_some() && last == self.last_answered {
             debug!("already answered");
             return;
