@@ -32,6 +32,7 @@ use crate::tts::{
     TTS_COMMAND_CAPACITY, TTS_EVENT_CAPACITY, TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo,
     UtteranceId,
 };
+use crate::turn::{DEFAULT_TURN_MAX_WAIT, TurnDetector};
 
 /// Default idle timeout: a call that receives no frame at all for this long is closed (1000).
 /// Clients send nothing while the user is silent, so this is long.
@@ -67,6 +68,10 @@ pub struct CallConfig {
     pub shutdown: CancellationToken,
     /// Prior conversation to resume (after the system prompt), for the resume pattern.
     pub history: Vec<ConversationItem>,
+    /// Server-side turn detector (Micdrop recommends running it on the client instead).
+    pub turn_detector: Option<Arc<dyn TurnDetector>>,
+    /// How long a turn judged incomplete is held before being answered anyway.
+    pub turn_max_wait: Duration,
 }
 
 impl std::fmt::Debug for CallConfig {
@@ -96,7 +101,19 @@ impl CallConfig {
             transcript_timeout: DEFAULT_TRANSCRIPT_TIMEOUT,
             shutdown: CancellationToken::new(),
             history: Vec::new(),
+            turn_detector: None,
+            turn_max_wait: DEFAULT_TURN_MAX_WAIT,
         }
+    }
+    /// Sets a server-side turn detector.
+    pub fn turn_detector(mut self, detector: Arc<dyn TurnDetector>) -> Self {
+        self.turn_detector = Some(detector);
+        self
+    }
+    /// Sets how long an incomplete turn is held.
+    pub fn turn_max_wait(mut self, d: Duration) -> Self {
+        self.turn_max_wait = d;
+        self
     }
     /// Sets the agent.
     pub fn agent(mut self, agent: Agent) -> Self {
@@ -298,8 +315,18 @@ impl Drop for Turn {
     }
 }
 
+/// The turn detector's verdict on the last user turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prediction {
+    Pending,
+    Complete,
+    Incomplete,
+}
+
 /// What woke the call task up.
 enum Wake {
+    Prediction(u64, bool),
+    HeldTurnExpired,
     Shutdown,
     Client(Option<Result<WsMessage, crate::socket::SocketError>>),
     Control(Control),
@@ -331,6 +358,15 @@ struct CallTask {
     transcript_deadline: Option<tokio::time::Instant>,
     queue: VecDeque<Job>,
     turn: Option<Turn>,
+    /// Turn detection (only with a detector): the samples of the open user turn, the pending
+    /// prediction, whether an answer waits for it, and the held-turn deadline.
+    turn_samples: Vec<i16>,
+    prediction: Prediction,
+    predictions_tx: mpsc::Sender<(u64, bool)>,
+    predictions_rx: mpsc::Receiver<(u64, bool)>,
+    user_turn_seq: u64,
+    answer_waits_prediction: bool,
+    held_deadline: Option<tokio::time::Instant>,
     next_utterance: UtteranceId,
     /// Utterances below this id are cancelled (shared with the writer).
     watermark: Arc<AtomicU64>,
@@ -360,6 +396,7 @@ impl CallTask {
             conversation.push(item.clone());
         }
         let (out, out_rx) = mpsc::channel(WRITER_CAPACITY);
+        let (predictions_tx, predictions_rx) = mpsc::channel(4);
         let (_, stt_rx) = mpsc::channel(1);
         let (_, tts_rx) = mpsc::channel(1);
         Self {
@@ -372,6 +409,13 @@ impl CallTask {
             transcript_deadline: None,
             queue: VecDeque::new(),
             turn: None,
+            turn_samples: Vec::new(),
+            prediction: Prediction::Complete,
+            predictions_tx,
+            predictions_rx,
+            user_turn_seq: 0,
+            answer_waits_prediction: false,
+            held_deadline: None,
             next_utterance: 1,
             watermark: Arc::new(AtomicU64::new(0)),
             utterance_with_audio: 0,
@@ -440,6 +484,7 @@ impl CallTask {
         let shutdown = self.config.shutdown.clone();
         let (reason, close): (EndReason, Option<(u16, String)>) = loop {
             let transcript_deadline = self.transcript_deadline;
+            let held_deadline = self.held_deadline;
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
@@ -452,7 +497,9 @@ impl CallTask {
                 permit = self.out.clone().reserve_owned(), if !self.out_pending.is_empty() => {
                     Wake::Writable(permit.ok())
                 }
+                Some((seq, complete)) = self.predictions_rx.recv() => Wake::Prediction(seq, complete),
                 _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
+                _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
                 _ = &mut idle => Wake::Idle,
             };
             match wake {
@@ -504,6 +551,14 @@ impl CallTask {
                     if let (Some(permit), Some(o)) = (permit, self.out_pending.pop_front()) {
                         permit.send(o);
                     }
+                }
+                Wake::Prediction(seq, complete) => self.on_prediction(seq, complete),
+                Wake::HeldTurnExpired => {
+                    // Rule 6: the held turn is answered anyway.
+                    self.held_deadline = None;
+                    debug!("held turn expired: answering");
+                    self.cancel();
+                    self.enqueue(Job::Answer);
                 }
                 Wake::TranscriptTimeout => {
                     self.transcript_deadline = None;
@@ -649,6 +704,10 @@ impl CallTask {
             ClientCommand::StartSpeaking => {
                 self.user_chunks = 0;
                 self.transcript_deadline = None;
+                self.turn_samples.clear();
+                self.held_deadline = None;
+                self.answer_waits_prediction = false;
+                self.user_turn_seq += 1;
                 self.stt(SttCommand::StartTurn);
                 self.user_turn_open = true;
                 self.cancel();
@@ -663,6 +722,7 @@ impl CallTask {
                     self.send(ServerFrame::SkipAnswer);
                     return;
                 }
+                self.start_prediction();
                 if self.last_is_unanswered_user() {
                     self.answer_turn();
                 } else {
@@ -688,6 +748,12 @@ impl CallTask {
             return;
         }
         self.user_chunks += 1;
+        if self.config.turn_detector.is_some() {
+            self.turn_samples.extend(
+                pcm.chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+            );
+        }
         self.stt(SttCommand::Audio(pcm));
     }
 
@@ -721,8 +787,55 @@ impl CallTask {
         }
     }
 
-    // Rule 6 (without a server turn detector: the turn is always complete).
+    /// Starts the turn detector on the turn's audio (rule 4); without one the turn is complete.
+    fn start_prediction(&mut self) {
+        let Some(detector) = self.config.turn_detector.clone() else {
+            self.prediction = Prediction::Complete;
+            return;
+        };
+        self.prediction = Prediction::Pending;
+        let samples = std::mem::take(&mut self.turn_samples);
+        let seq = self.user_turn_seq;
+        let tx = self.predictions_tx.clone();
+        tokio::spawn(async move {
+            let complete = detector.predict(samples).await;
+            let _ = tx.send((seq, complete)).await;
+        });
+    }
+
+    fn on_prediction(&mut self, seq: u64, complete: bool) {
+        if seq != self.user_turn_seq || self.prediction != Prediction::Pending {
+            return;
+        }
+        debug!(complete, "turn prediction");
+        self.prediction = if complete {
+            Prediction::Complete
+        } else {
+            Prediction::Incomplete
+        };
+        if std::mem::take(&mut self.answer_waits_prediction) {
+            self.answer_turn();
+        }
+    }
+
+    // Rule 6.
     fn answer_turn(&mut self) {
+        match self.prediction {
+            Prediction::Pending => {
+                self.answer_waits_prediction = true;
+                return;
+            }
+            Prediction::Incomplete => {
+                // Hold the turn: the user probably continues.
+                self.send(ServerFrame::SkipAnswer);
+                if self.held_deadline.is_none() {
+                    self.held_deadline =
+                        Some(tokio::time::Instant::now() + self.config.turn_max_wait);
+                }
+                return;
+            }
+            Prediction::Complete => self.held_deadline = None,
+        }
         self.cancel();
         self.enqueue(Job::Answer);
     }
