@@ -72,6 +72,25 @@ pub struct CallConfig {
     pub turn_detector: Option<Arc<dyn TurnDetector>>,
     /// How long a turn judged incomplete is held before being answered anyway.
     pub turn_max_wait: Duration,
+    /// Receives the call's events (Micdrop's `Message`, `UserAudio`, `AssistantAudio`), for
+    /// recording or persistence. Never blocks the call: events that do not fit are dropped
+    /// (with a warning), so give it room.
+    pub observer: Option<mpsc::Sender<CallEvent>>,
+}
+
+/// An event of a running call, for the embedding code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// An item was added to the conversation (and sent as `Message`).
+    Message(ConversationItem),
+    /// The last user item was removed (`CancelLastUserMessage`).
+    CancelLastUserMessage,
+    /// A chunk of user audio of the open turn.
+    UserAudio(Bytes),
+    /// A chunk of assistant audio sent to the client.
+    AssistantAudio(Bytes),
+    /// The agent asked to end the call.
+    EndCall,
 }
 
 impl std::fmt::Debug for CallConfig {
@@ -103,7 +122,13 @@ impl CallConfig {
             history: Vec::new(),
             turn_detector: None,
             turn_max_wait: DEFAULT_TURN_MAX_WAIT,
+            observer: None,
         }
+    }
+    /// Sets the observer of the call's events.
+    pub fn observer(mut self, tx: mpsc::Sender<CallEvent>) -> Self {
+        self.observer = Some(tx);
+        self
     }
     /// Sets a server-side turn detector.
     pub fn turn_detector(mut self, detector: Arc<dyn TurnDetector>) -> Self {
@@ -630,11 +655,20 @@ impl CallTask {
         self.push_out(Outgoing::Frame(frame.encode()));
     }
 
+    fn emit(&mut self, ev: CallEvent) {
+        if let Some(obs) = &self.config.observer {
+            if let Err(mpsc::error::TrySendError::Full(_)) = obs.try_send(ev) {
+                warn!("call observer is full: event dropped");
+            }
+        }
+    }
+
     // ----- conversation -----
 
     fn add_item(&mut self, item: ConversationItem) -> u64 {
         let id = self.conversation.push(item.clone());
-        self.send(ServerFrame::Message(item));
+        self.send(ServerFrame::Message(item.clone()));
+        self.emit(CallEvent::Message(item));
         id
     }
 
@@ -753,6 +787,9 @@ impl CallTask {
                 pcm.chunks_exact(2)
                     .map(|b| i16::from_le_bytes([b[0], b[1]])),
             );
+        }
+        if self.config.observer.is_some() {
+            self.emit(CallEvent::UserAudio(pcm.clone()));
         }
         self.stt(SttCommand::Audio(pcm));
     }
@@ -961,9 +998,13 @@ impl CallTask {
             AgentEvent::CancelLastUserMessage => {
                 if self.conversation.remove_last_user() {
                     self.send(ServerFrame::CancelLastUserMessage);
+                    self.emit(CallEvent::CancelLastUserMessage);
                 }
             }
-            AgentEvent::EndCall => self.send(ServerFrame::EndCall),
+            AgentEvent::EndCall => {
+                self.send(ServerFrame::EndCall);
+                self.emit(CallEvent::EndCall);
+            }
             AgentEvent::ToolCall(call) => self.send(ServerFrame::ToolCall(call)),
             AgentEvent::Failed(error) => warn!(%error, "agent failed"),
         }
@@ -981,6 +1022,9 @@ impl CallTask {
                 }
                 if let Some(chunk) = self.aligner.push(&pcm) {
                     self.utterance_with_audio = self.utterance_with_audio.max(u);
+                    if self.config.observer.is_some() {
+                        self.emit(CallEvent::AssistantAudio(chunk.clone()));
+                    }
                     self.push_out(Outgoing::Audio(u, chunk));
                 }
             }

@@ -966,3 +966,41 @@ async fn held_turn_continued_by_the_user_is_answered_once_complete() {
         .count();
     assert_eq!(users, 2);
 }
+
+#[tokio::test]
+async fn observer_sees_messages_and_audio_both_ways() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let h = Harness::start(
+        CallConfig::new(Arc::new(ScriptedStt::transcripts(&["Salut"])))
+            .agent(agent(&ScriptedModel::default()))
+            .tts(Arc::new(ScriptedTts::new()))
+            .observer(tx),
+    )
+    .await;
+    let mut c = h.client().await;
+    c.expect_text("SkipAnswer").await;
+    turn(&mut c, 2).await;
+    c.expect_text(&user("Salut")).await;
+    until_text(&mut c, &assistant("You said: Salut")).await;
+    audio_until_quiet(&mut c).await;
+    let mut user_audio = 0;
+    let mut assistant_audio = 0;
+    let mut messages = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            micdrop_core::call::CallEvent::UserAudio(b) => user_audio += b.len(),
+            micdrop_core::call::CallEvent::AssistantAudio(b) => assistant_audio += b.len(),
+            micdrop_core::call::CallEvent::Message(m) => messages.push(m),
+            _ => {}
+        }
+    }
+    assert_eq!(user_audio, 6400);
+    assert_eq!(assistant_audio, "You said: Salut".len() * 4);
+    assert_eq!(
+        messages,
+        vec![
+            ConversationItem::user("Salut"),
+            ConversationItem::assistant("You said: Salut")
+        ]
+    );
+}
