@@ -30,7 +30,7 @@ pub struct CallArgs {
     /// Write the assistant audio received (16 kHz mono WAV).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Auth token, sent as params {"authorization":"Bearer <token>"}.
+    /// Auth token, sent as params {"authorization":"Bearer TOKEN"}.
     #[arg(long, env = "MICDROP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Extra params (a JSON object) sent in the first frame.

@@ -140,7 +140,10 @@ pub fn decode_wav(data: &[u8]) -> Result<Vec<i16>, AudioError> {
             let spec = reader.spec();
             if spec.sample_format == hound::SampleFormat::Int && spec.bits_per_sample == 16 {
                 // The common case, kept exact.
-                return match reader.into_samples::<i16>().collect::<Result<Vec<i16>, _>>() {
+                return match reader
+                    .into_samples::<i16>()
+                    .collect::<Result<Vec<i16>, _>>()
+                {
                     Ok(s) => Ok(mono_i16_16k(&s, spec.channels, spec.sample_rate)),
                     Err(_) => decode_wav_lenient(data),
                 };
@@ -306,7 +309,10 @@ mod tests {
         assert_eq!(out.len(), 16000);
         // A linear ramp stays a ramp: the midpoint between two samples is interpolated.
         let ramp: Vec<i16> = (0..8).map(|i| i * 100).collect();
-        assert_eq!(resample_linear(&ramp, 8000, 16000)[..6], [0, 50, 100, 150, 200, 250]);
+        assert_eq!(
+            resample_linear(&ramp, 8000, 16000)[..6],
+            [0, 50, 100, 150, 200, 250]
+        );
         assert_eq!(resample_linear(&ramp, 16000, 16000), ramp);
     }
 
@@ -316,7 +322,11 @@ mod tests {
         let stereo: Vec<i16> = (0..3200).flat_map(|_| [1000i16, 3000]).collect();
         let pcm = decode_wav(&wav_bytes(&stereo, 32000, 2)).unwrap();
         assert_eq!(pcm.len(), 1600);
-        assert!(pcm.iter().all(|&s| (s - 2000).abs() <= 1), "{:?}", &pcm[..4]);
+        assert!(
+            pcm.iter().all(|&s| (s - 2000).abs() <= 1),
+            "{:?}",
+            &pcm[..4]
+        );
     }
 
     #[test]
@@ -351,7 +361,10 @@ mod tests {
         let path = dir.join("out.wav");
         let s = speech_like(300);
         write_wav(&path, &to_bytes(&s)).unwrap();
-        assert!(read_wav(&path).unwrap() == s, "WAV round trip changed the samples");
+        assert!(
+            read_wav(&path).unwrap() == s,
+            "WAV round trip changed the samples"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use micdrop_core::protocol::{
-    CLOSE_NORMAL, ClientCommand, ServerFrame, ToolCallOutput, WsMessage,
-};
+use micdrop_core::protocol::{CLOSE_NORMAL, ClientCommand, ServerFrame, ToolCallOutput, WsMessage};
 use micdrop_core::{ConversationItem, Role};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -505,7 +503,10 @@ impl Task {
             let recoverable = error.is_recoverable();
             self.set_error(error).await;
             failures += 1;
-            let exhausted = self.reconnect.max_attempts.is_some_and(|max| failures > max);
+            let exhausted = self
+                .reconnect
+                .max_attempts
+                .is_some_and(|max| failures > max);
             if !recoverable || exhausted {
                 if exhausted {
                     self.set_error(ClientError::new(

@@ -72,7 +72,9 @@ impl ClientError {
     pub fn is_recoverable(&self) -> bool {
         matches!(
             self.code,
-            ClientErrorCode::Connection | ClientErrorCode::InternalServer | ClientErrorCode::Unknown
+            ClientErrorCode::Connection
+                | ClientErrorCode::InternalServer
+                | ClientErrorCode::Unknown
         )
     }
 }
@@ -98,6 +100,9 @@ mod tests {
         assert_eq!(code(4000), Some((ClientErrorCode::Unknown, true)));
         assert_eq!(code(4999), Some((ClientErrorCode::Unknown, true)));
         let e = ClientError::from_close(4401, "Unauthorized").unwrap();
-        assert_eq!(e.to_string(), "Unauthorized (close code 4401): Unauthorized");
+        assert_eq!(
+            e.to_string(),
+            "Unauthorized (close code 4401): Unauthorized"
+        );
     }
 }

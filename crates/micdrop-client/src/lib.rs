@@ -50,8 +50,6 @@ pub mod live;
 pub mod scenario;
 pub mod vad;
 
-pub use client::{
-    Client, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent,
-};
+pub use client::{Client, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent};
 pub use error::{ClientError, ClientErrorCode};
 pub use vad::{Recorder, RecorderEvent, Vad, VadEvent, VolumeVad, VolumeVadOptions};

@@ -29,7 +29,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::audio::{self, AudioError, duration_of_bytes};
-use crate::client::{Client, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent};
+use crate::client::{
+    Client, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent,
+};
 
 /// `wait = "answer"` ends once playback is over and no audio has come for this long.
 pub const ANSWER_SETTLE: Duration = Duration::from_millis(150);
@@ -298,7 +300,9 @@ impl Scenario {
             }
             if speech == 0 && (step.interrupt_after_ms.is_some() || step.vad || step.pace.is_some())
             {
-                return Err(err("interrupt_after_ms, vad and pace go with a speech step"));
+                return Err(err(
+                    "interrupt_after_ms, vad and pace go with a speech step",
+                ));
             }
             let filters = step.role.is_some()
                 || step.contains.is_some()
@@ -319,6 +323,9 @@ impl Scenario {
     }
 }
 
+/// A callback given every event as it arrives.
+pub type EventHook = Box<dyn FnMut(&TimedEvent) + Send>;
+
 /// How to run a scenario.
 pub struct RunOptions {
     /// Server URL (required unless the scenario has one).
@@ -334,7 +341,7 @@ pub struct RunOptions {
     /// Overrides the pace of every speech step (`Fast` for quick tests).
     pub pace: Option<Pace>,
     /// Called with every event as it arrives (to print the conversation).
-    pub on_event: Option<Box<dyn FnMut(&TimedEvent) + Send>>,
+    pub on_event: Option<EventHook>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -435,10 +442,9 @@ fn compact(ev: &Event) -> Logged {
         Event::SkipAnswer => Logged::Skip,
         Event::EndCall => Logged::EndCall,
         Event::CancelLastUserMessage => Logged::CancelLastUser,
-        Event::ToolCall(t) => Logged::ToolCall(
-            t.name.clone(),
-            format!("{} {}", t.parameters, t.output),
-        ),
+        Event::ToolCall(t) => {
+            Logged::ToolCall(t.name.clone(), format!("{} {}", t.parameters, t.output))
+        }
         Event::AssistantAudio(a) => Logged::Audio(a.len()),
         Event::AssistantAudioDropped(a) => Logged::Dropped(a.len()),
         Event::Sent(c) => Logged::Sent(*c),
@@ -462,7 +468,10 @@ struct Runner {
 
 /// Plays a scenario against a server. Never panics on what the server sends; a server that
 /// cannot be reached makes the expectations fail.
-pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<ScenarioReport, ScenarioError> {
+pub async fn run(
+    scenario: &Scenario,
+    options: RunOptions,
+) -> Result<ScenarioReport, ScenarioError> {
     scenario.validate()?;
     let started = Instant::now();
     // Prepare the audio of every speech step first, so that timings do not include synthesis.
@@ -475,11 +484,10 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<ScenarioRep
         } else {
             step.speech_ms.map(|ms| Ok(audio::speech_like(ms)))
         };
-        speech.push(
-            audio
-                .transpose()
-                .map_err(|source| ScenarioError::Audio { index: i + 1, source })?,
-        );
+        speech.push(audio.transpose().map_err(|source| ScenarioError::Audio {
+            index: i + 1,
+            source,
+        })?);
     }
 
     let url = options
@@ -572,11 +580,29 @@ fn merge_params(base: Option<Value>, over: Option<Value>) -> Option<Value> {
 
 fn describe(step: &Step) -> String {
     if let Some(e) = step.expect {
-        format!("expect {}", serde_json::to_value(e).unwrap_or_default().as_str().unwrap_or("?"))
+        format!(
+            "expect {}",
+            serde_json::to_value(e)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        )
     } else if let Some(w) = step.wait {
-        format!("wait {}", serde_json::to_value(w).unwrap_or_default().as_str().unwrap_or("?"))
+        format!(
+            "wait {}",
+            serde_json::to_value(w)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        )
     } else if let Some(a) = step.action {
-        format!("action {}", serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or("?"))
+        format!(
+            "action {}",
+            serde_json::to_value(a)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        )
     } else if let Some(ms) = step.sleep_ms {
         format!("sleep {ms} ms")
     } else if step.interrupt_after_ms.is_some() {
@@ -608,10 +634,9 @@ fn analyse(events: &[(Instant, Logged)]) -> ScenarioReport {
                 }
             }
             Logged::Dropped(n) => r.audio_bytes.1 += n,
-            Logged::Skip | Logged::CancelLastUser => {
-                if waiting.take().is_some() {
-                    r.turns_answered += 1;
-                }
+            Logged::Skip | Logged::CancelLastUser if waiting.is_some() => {
+                waiting = None;
+                r.turns_answered += 1;
             }
             Logged::Error(e) => r.errors.push(e.clone()),
             _ => {}
@@ -622,7 +647,9 @@ fn analyse(events: &[(Instant, Logged)]) -> ScenarioReport {
 
 impl Runner {
     fn client(&self) -> Result<&Client, String> {
-        self.client.as_ref().ok_or_else(|| "the call was stopped".to_owned())
+        self.client
+            .as_ref()
+            .ok_or_else(|| "the call was stopped".to_owned())
     }
 
     fn timeout(&self, step: &Step) -> Duration {
@@ -658,7 +685,11 @@ impl Runner {
     }
 
     fn log_len(&self) -> usize {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).events.len()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .len()
     }
 
     /// Index just after the last `StopSpeaking` written (0 if none): where the current answer
@@ -671,14 +702,21 @@ impl Runner {
             .map_or(0, |i| i + 1)
     }
 
-    async fn step(&mut self, step: &Step, speech: Option<&[i16]>, pace: Pace) -> Result<(), String> {
+    async fn step(
+        &mut self,
+        step: &Step,
+        speech: Option<&[i16]>,
+        pace: Pace,
+    ) -> Result<(), String> {
         if speech.is_some() || step.action.is_some() {
             // Expectations after a speech step or an action look at what follows it.
             self.cursor = self.cursor.max(self.log_len());
         }
         if let Some(samples) = speech {
             if let Some(after) = step.interrupt_after_ms {
-                return self.interrupt(samples, after, pace, self.timeout(step)).await;
+                return self
+                    .interrupt(samples, after, pace, self.timeout(step))
+                    .await;
             }
             return self.speak(samples, step.vad, pace).await;
         }
@@ -703,7 +741,11 @@ impl Runner {
                     true
                 }
             };
-            return if ok { Ok(()) } else { Err("the client has stopped".into()) };
+            return if ok {
+                Ok(())
+            } else {
+                Err("the client has stopped".into())
+            };
         }
         if let Some(e) = step.expect {
             return self.expect(e, step).await;
@@ -720,7 +762,11 @@ impl Runner {
         } else {
             client.say(samples, pace).await
         };
-        if ok { Ok(()) } else { Err("the client has stopped".into()) }
+        if ok {
+            Ok(())
+        } else {
+            Err("the client has stopped".into())
+        }
     }
 
     async fn interrupt(
@@ -830,7 +876,9 @@ impl Runner {
             let quiet = Duration::from_millis(step.for_ms.unwrap_or(0));
             let from = self.log_len();
             return match self
-                .wait_log(from, quiet, |(_, e)| matches!(e, Logged::Audio(_) | Logged::Dropped(_)))
+                .wait_log(from, quiet, |(_, e)| {
+                    matches!(e, Logged::Audio(_) | Logged::Dropped(_))
+                })
                 .await
             {
                 Some(_) => Err(format!("assistant audio arrived within {quiet:?}")),
@@ -838,7 +886,11 @@ impl Runner {
             };
         }
         let contains = step.contains.as_ref().map(|c| c.to_lowercase());
-        let has = |text: &str| contains.as_ref().is_none_or(|c| text.to_lowercase().contains(c));
+        let has = |text: &str| {
+            contains
+                .as_ref()
+                .is_none_or(|c| text.to_lowercase().contains(c))
+        };
         let role = step.role.clone();
         let tool = step.tool.clone();
         let code = step.code;

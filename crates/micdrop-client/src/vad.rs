@@ -286,7 +286,9 @@ mod tests {
         assert_eq!(vad.process(&quiet), None);
         assert_eq!(vad.process(&quiet), Some(VadEvent::CancelSpeaking));
         // Below −55 dBFS is silence (a −60 dB hum).
-        let hum: Vec<i16> = (0..1600).map(|i| if i % 2 == 0 { 33 } else { -33 }).collect();
+        let hum: Vec<i16> = (0..1600)
+            .map(|i| if i % 2 == 0 { 33 } else { -33 })
+            .collect();
         assert!(level_db(&hum) < -55.0);
         for _ in 0..5 {
             assert_eq!(vad.process(&hum), None);
@@ -319,7 +321,10 @@ mod tests {
         let mut pcm = speech_like(150);
         pcm.extend(silence(1000));
         let mut rec = Recorder::default();
-        assert!(run(&mut rec, &pcm).is_empty(), "a 150 ms blip is not a turn");
+        assert!(
+            run(&mut rec, &pcm).is_empty(),
+            "a 150 ms blip is not a turn"
+        );
 
         let events = run(&mut rec, &speech_like(600));
         assert_eq!(events.first(), Some(&RecorderEvent::StartSpeaking));

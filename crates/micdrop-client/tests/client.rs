@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use micdrop_client::audio::{silence, speech_like};
 use micdrop_client::{
-    Client, ClientErrorCode, ClientOptions, ClientState, Event, Pace, ReconnectOptions,
-    TimedEvent,
+    Client, ClientErrorCode, ClientOptions, ClientState, Event, Pace, ReconnectOptions, TimedEvent,
 };
 use micdrop_core::agent::Agent;
 use micdrop_core::call::CallConfig;
@@ -57,7 +56,10 @@ async fn greeting_then_turn_with_state_and_events() {
     let server = common::serve(|| config(&["Quel temps fait-il ?"]), None, vec![]).await;
     let (client, mut rx) = Client::start(ClientOptions::new(&server.url));
 
-    let (_, before) = until(&mut rx, |e| matches!(e, Event::Connected { reconnection: 0 })).await;
+    let (_, before) = until(&mut rx, |e| {
+        matches!(e, Event::Connected { reconnection: 0 })
+    })
+    .await;
     assert!(
         before.iter().all(|e| !matches!(e, Event::Error(_))),
         "{before:?}"
@@ -66,7 +68,10 @@ async fn greeting_then_turn_with_state_and_events() {
     assert_eq!(is_message(&ev.event, "assistant").unwrap(), "Bonjour");
     until(&mut rx, |e| matches!(e, Event::AssistantAudio(_))).await;
     let s = client.state();
-    assert!(s.is_started && !s.is_processing && s.is_assistant_speaking, "{s:?}");
+    assert!(
+        s.is_started && !s.is_processing && s.is_assistant_speaking,
+        "{s:?}"
+    );
     assert!(!s.is_listening);
 
     // The greeting's audio is short (4 bytes per char): the playback clock runs out.
@@ -90,7 +95,10 @@ async fn greeting_then_turn_with_state_and_events() {
     assert!(prev.is_user_speaking && !state.is_user_speaking && state.is_processing);
 
     let (ev, _) = until(&mut rx, |e| is_message(e, "user").is_some()).await;
-    assert_eq!(is_message(&ev.event, "user").unwrap(), "Quel temps fait-il ?");
+    assert_eq!(
+        is_message(&ev.event, "user").unwrap(),
+        "Quel temps fait-il ?"
+    );
     until(&mut rx, |e| matches!(e, Event::AssistantAudio(_))).await;
     let (ev, _) = until(&mut rx, |e| is_message(e, "assistant").is_some()).await;
     assert_eq!(
@@ -149,7 +157,11 @@ async fn token_goes_in_params_and_4401_is_final() {
     assert_eq!(s.error.map(|e| e.code), Some(ClientErrorCode::Unauthorized));
     client.finished().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.connections(), 2, "one good call, one refused, no retry");
+    assert_eq!(
+        server.connections(),
+        2,
+        "one good call, one refused, no retry"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +179,10 @@ async fn reconnects_after_1011_and_resends_params() {
     let (ev, _) = until(&mut rx, |e| matches!(e, Event::Closed { .. })).await;
     assert!(matches!(ev.event, Event::Closed { code: 1011, .. }));
     let closed_at = ev.at;
-    let (ev, seen) = until(&mut rx, |e| matches!(e, Event::Connected { reconnection: 1 })).await;
+    let (ev, seen) = until(&mut rx, |e| {
+        matches!(e, Event::Connected { reconnection: 1 })
+    })
+    .await;
     assert!(ev.at.duration_since(closed_at) >= Duration::from_millis(50));
     assert!(seen.iter().any(|e| matches!(e,
         Event::StateChange { state, .. } if state.is_reconnecting
@@ -175,7 +190,10 @@ async fn reconnects_after_1011_and_resends_params() {
     let (ev, _) = until(&mut rx, |e| is_message(e, "assistant").is_some()).await;
     assert_eq!(is_message(&ev.event, "assistant").unwrap(), "Bonjour");
     let s = client.state();
-    assert!(s.is_started && !s.is_reconnecting && s.error.is_none(), "{s:?}");
+    assert!(
+        s.is_started && !s.is_reconnecting && s.error.is_none(),
+        "{s:?}"
+    );
     assert_eq!(server.connections(), 2);
     client.stop().await;
 }
@@ -235,13 +253,11 @@ async fn barge_in_stops_playback_and_pause_sends_mute() {
     let long = "Bonjour et bienvenue. ".repeat(20);
     let server = common::serve(
         move || {
-            config(&["Stop"])
-                .first_message(long.clone())
-                .tts(Arc::new(
-                    ScriptedTts::new()
-                        .with_chunk_delay(Duration::from_millis(2))
-                        .with_bytes_per_char(64),
-                ))
+            config(&["Stop"]).first_message(long.clone()).tts(Arc::new(
+                ScriptedTts::new()
+                    .with_chunk_delay(Duration::from_millis(2))
+                    .with_bytes_per_char(64),
+            ))
         },
         None,
         vec![],
@@ -256,10 +272,17 @@ async fn barge_in_stops_playback_and_pause_sends_mute() {
     assert!(s.is_user_speaking && !s.is_assistant_speaking, "{s:?}");
     // While the user speaks, whatever audio still arrives is dropped, never played.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(client.send_audio(micdrop_client::audio::to_bytes(&speech_like(100))).await);
+    assert!(
+        client
+            .send_audio(micdrop_client::audio::to_bytes(&speech_like(100)))
+            .await
+    );
     assert!(client.stop_speaking().await);
     let (_, seen) = until(&mut rx, |e| *e == Event::Sent(ClientCommand::StopSpeaking)).await;
-    assert!(!seen.iter().any(|e| matches!(e, Event::AssistantAudio(_))), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::AssistantAudio(_))),
+        "{seen:?}"
+    );
     let late = seen
         .iter()
         .filter(|e| matches!(e, Event::AssistantAudioDropped(_)))
@@ -272,7 +295,10 @@ async fn barge_in_stops_playback_and_pause_sends_mute() {
     assert!(client.pause().await);
     let (_, _) = until(&mut rx, |e| *e == Event::Sent(ClientCommand::Mute)).await;
     let s = client.state();
-    assert!(s.is_paused && !s.is_processing && !s.is_assistant_speaking, "{s:?}");
+    assert!(
+        s.is_paused && !s.is_processing && !s.is_assistant_speaking,
+        "{s:?}"
+    );
     // Paused: speech is not sent.
     assert!(client.say(&speech_like(200), Pace::Fast).await);
     assert!(client.resume().await);

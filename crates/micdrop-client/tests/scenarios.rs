@@ -50,7 +50,12 @@ async fn play(server: &common::TestServer, s: &Scenario, pace: Option<Pace>) -> 
 
 #[tokio::test]
 async fn smoke_scenario_passes_with_latency() {
-    let server = common::serve(|| config(&["Bonjour"], ScriptedModel::default()), None, vec![]).await;
+    let server = common::serve(
+        || config(&["Bonjour"], ScriptedModel::default()),
+        None,
+        vec![],
+    )
+    .await;
     let report = play(&server, &scenario("smoke"), Some(Pace::Fast)).await;
     assert!(report.passed, "{:?}", report.failures);
     assert_eq!((report.turns_sent, report.turns_answered), (1, 1));
@@ -89,10 +94,7 @@ async fn barge_in_scenario_measures_the_interruption() {
 #[tokio::test]
 async fn pause_scenario_passes() {
     let server = common::serve(
-        || {
-            config(&["Un", "Deux"], ScriptedModel::default())
-                .tts(Arc::new(fast_tts(64)))
-        },
+        || config(&["Un", "Deux"], ScriptedModel::default()).tts(Arc::new(fast_tts(64))),
         None,
         vec![],
     )
@@ -104,7 +106,12 @@ async fn pause_scenario_passes() {
 
 #[tokio::test]
 async fn vad_scenario_cuts_two_turns() {
-    let server = common::serve(|| config(&["Un", "Deux"], ScriptedModel::default()), None, vec![]).await;
+    let server = common::serve(
+        || config(&["Un", "Deux"], ScriptedModel::default()),
+        None,
+        vec![],
+    )
+    .await;
     let report = play(&server, &scenario("vad"), Some(Pace::Fast)).await;
     assert!(report.passed, "{:?}", report.failures);
     assert_eq!(report.turns_sent, 2);
@@ -113,7 +120,12 @@ async fn vad_scenario_cuts_two_turns() {
 #[tokio::test]
 async fn end_call_and_espeak_scenarios_pass() {
     let server = common::serve(
-        || config(&["Merci, au revoir !"], ScriptedModel::new([ModelStep::tool("end_call", "{}")])),
+        || {
+            config(
+                &["Merci, au revoir !"],
+                ScriptedModel::new([ModelStep::tool("end_call", "{}")]),
+            )
+        },
         None,
         vec![],
     )
@@ -133,7 +145,12 @@ async fn end_call_and_espeak_scenarios_pass() {
 
 #[tokio::test]
 async fn a_failed_expectation_fails_the_scenario() {
-    let server = common::serve(|| config(&["Bonjour"], ScriptedModel::default()), None, vec![]).await;
+    let server = common::serve(
+        || config(&["Bonjour"], ScriptedModel::default()),
+        None,
+        vec![],
+    )
+    .await;
     let s = Scenario::from_toml(
         r#"
         [[step]]
@@ -155,7 +172,9 @@ async fn a_failed_expectation_fails_the_scenario() {
     assert!(!report.passed);
     assert_eq!(report.failures.len(), 1, "stops at the first failure");
     assert!(
-        report.failures[0].starts_with("step 2 (expect message): no message role=\"assistant\" contains=\"au revoir\""),
+        report.failures[0].starts_with(
+            "step 2 (expect message): no message role=\"assistant\" contains=\"au revoir\""
+        ),
         "{:?}",
         report.failures
     );
@@ -164,7 +183,12 @@ async fn a_failed_expectation_fails_the_scenario() {
 
 #[tokio::test]
 async fn refused_token_is_an_expected_close() {
-    let server = common::serve(|| config(&[], ScriptedModel::default()), Some("good"), vec![]).await;
+    let server = common::serve(
+        || config(&[], ScriptedModel::default()),
+        Some("good"),
+        vec![],
+    )
+    .await;
     let s = Scenario::from_toml(
         r#"
         params = { authorization = "Bearer bad" }

@@ -57,9 +57,7 @@ pub async fn serve(
         connections: connections.clone(),
         closes: Arc::new(std::sync::Mutex::new(closes)),
     };
-    let app = Router::new()
-        .route("/call", get(handler))
-        .with_state(state);
+    let app = Router::new().route("/call", get(handler)).with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -93,7 +91,11 @@ async fn handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Respons
         }
         let close = {
             let mut c = state.closes.lock().unwrap();
-            if c.is_empty() { None } else { Some(c.remove(0)) }
+            if c.is_empty() {
+                None
+            } else {
+                Some(c.remove(0))
+            }
         };
         if let Some(code) = close {
             reject(sink, &MicdropError::new(code, "scripted close")).await;
