@@ -49,23 +49,29 @@ async fn call(ws: WebSocketUpgrade) -> Response {
         };
         let agent = Agent::new(Arc::new(ScriptedModel::default()), prompt)
             .auto_end_call(None)
-            .tool(Tool::new("get_time", "The current time").handler(|_| async {
-                Ok(serde_json::json!({"time": "12:00"}))
-            }));
+            .tool(
+                Tool::new("get_time", "The current time")
+                    .handler(|_| async { Ok(serde_json::json!({"time": "12:00"})) }),
+            );
         let config = CallConfig::new(Arc::new(ScriptedStt::transcripts(&["Bonjour"])))
             .agent(agent)
             .tts(Arc::new(ScriptedTts::new()))
             .first_message("Bonjour, je vous écoute.");
         // 3. Run it; the end carries the conversation (system message first) and duration.
         let end = run_call(config, sink, stream).await;
-        println!("call ended after {} s: {:?}", end.duration_secs, end.conversation);
+        println!(
+            "call ended after {} s: {:?}",
+            end.duration_secs, end.conversation
+        );
     })
 }
 
 #[tokio::main]
 async fn main() {
     let app = Router::new().route("/call", get(call));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8090")
+        .await
+        .unwrap();
     println!("ws://127.0.0.1:8090/call");
     axum::serve(listener, app).await.unwrap();
 }

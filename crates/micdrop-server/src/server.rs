@@ -23,6 +23,9 @@ use tracing::{info, warn};
 
 use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
 
+/// Read buffer of each call's WebSocket (bytes).
+pub const SOCKET_READ_BUFFER: usize = 4096;
+
 mod assets {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 }
@@ -198,8 +201,13 @@ async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) 
     };
     let max = state.options.max_frame_bytes;
     let tracker = state.tracker.clone();
+    // Small socket buffers: tungstenite's defaults (128 KiB each way) would cost far more
+    // memory per idle call than the call itself. Reads grow in 4 KiB steps as needed; writes
+    // go out frame by frame (audio frames are written as they come anyway).
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 handle_socket(state, socket).await;

@@ -909,3 +909,98 @@ async fn providers_sessions_are_released_at_the_end() {
     assert_eq!(stt.sessions_open(), 0);
     assert_eq!(tts.sessions_open(), 0);
 }
+
+#[tokio::test]
+async fn incomplete_turn_is_held_then_answered_after_max_wait() {
+    let detector = micdrop_testkit::ScriptedTurnDetector::new([false]);
+    let model = ScriptedModel::default();
+    let h = Harness::start(
+        CallConfig::new(Arc::new(ScriptedStt::transcripts(&["I would like"])))
+            .agent(agent(&model))
+            .turn_detector(Arc::new(detector.clone()))
+            .turn_max_wait(Duration::from_millis(600)),
+    )
+    .await;
+    let mut c = h.client().await;
+    c.expect_text("SkipAnswer").await;
+    turn(&mut c, 2).await;
+    c.expect_text(&user("I would like")).await;
+    // Judged incomplete: SkipAnswer, and the answer is held.
+    c.expect_text("SkipAnswer").await;
+    assert_eq!(c.next_within(QUIET).await, None);
+    assert!(model.requests().is_empty());
+    // After turn_max_wait it is answered anyway.
+    c.expect_text(&assistant("You said: I would like")).await;
+    c.expect_text("SkipAnswer").await;
+    assert_eq!(detector.samples(), vec![3200]);
+}
+
+#[tokio::test]
+async fn held_turn_continued_by_the_user_is_answered_once_complete() {
+    let detector = micdrop_testkit::ScriptedTurnDetector::new([false, true]);
+    let model = ScriptedModel::default();
+    let h = Harness::start(
+        CallConfig::new(Arc::new(ScriptedStt::transcripts(&[
+            "I would like",
+            "a coffee",
+        ])))
+        .agent(agent(&model))
+        .turn_detector(Arc::new(detector))
+        .turn_max_wait(Duration::from_secs(30)),
+    )
+    .await;
+    let mut c = h.client().await;
+    c.expect_text("SkipAnswer").await;
+    turn(&mut c, 1).await;
+    c.expect_text(&user("I would like")).await;
+    c.expect_text("SkipAnswer").await;
+    turn(&mut c, 1).await;
+    c.expect_text(&user("a coffee")).await;
+    c.expect_text(&assistant("You said: a coffee")).await;
+    c.expect_text("SkipAnswer").await;
+    let req = model.requests().pop().unwrap();
+    let users = req
+        .messages
+        .iter()
+        .filter(|m| matches!(m, micdrop_core::agent::ChatMessage::User(_)))
+        .count();
+    assert_eq!(users, 2);
+}
+
+#[tokio::test]
+async fn observer_sees_messages_and_audio_both_ways() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let h = Harness::start(
+        CallConfig::new(Arc::new(ScriptedStt::transcripts(&["Salut"])))
+            .agent(agent(&ScriptedModel::default()))
+            .tts(Arc::new(ScriptedTts::new()))
+            .observer(tx),
+    )
+    .await;
+    let mut c = h.client().await;
+    c.expect_text("SkipAnswer").await;
+    turn(&mut c, 2).await;
+    c.expect_text(&user("Salut")).await;
+    until_text(&mut c, &assistant("You said: Salut")).await;
+    audio_until_quiet(&mut c).await;
+    let mut user_audio = 0;
+    let mut assistant_audio = 0;
+    let mut messages = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            micdrop_core::call::CallEvent::UserAudio(b) => user_audio += b.len(),
+            micdrop_core::call::CallEvent::AssistantAudio(b) => assistant_audio += b.len(),
+            micdrop_core::call::CallEvent::Message(m) => messages.push(m),
+            _ => {}
+        }
+    }
+    assert_eq!(user_audio, 6400);
+    assert_eq!(assistant_audio, "You said: Salut".len() * 4);
+    assert_eq!(
+        messages,
+        vec![
+            ConversationItem::user("Salut"),
+            ConversationItem::assistant("You said: Salut")
+        ]
+    );
+}
