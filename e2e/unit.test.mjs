@@ -243,3 +243,19 @@ test('client: start() without a URL fails with MissingUrl', async () => {
   assert.deepEqual(errors, ['MissingUrl'])
   assert.equal(client.isStarting, false)
 })
+
+test('client: disableInterruption holds the VAD while the assistant speaks, and resumes 200 ms after', async () => {
+  const { client } = clientWithFakeSocket()
+  client.options.disableInterruption = true
+  assert.equal(client.vadActive, true)
+  client.onSpeakerPlayingChange(true)
+  assert.equal(client.vadActive, false, 'no VAD while the assistant speaks')
+  client.onSpeakerPlayingChange(false)
+  assert.equal(client.vadActive, false, 'still held right after playback')
+  await new Promise((r) => setTimeout(r, 260))
+  assert.equal(client.vadActive, true, 'listening again 200 ms after playback')
+  client.options.disableInterruption = false
+  client.onSpeakerPlayingChange(true)
+  assert.equal(client.vadActive, true, 'interruptions allowed: the VAD keeps running')
+  client.stopSpeakerMeter()
+})
