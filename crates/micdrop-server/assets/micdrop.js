@@ -492,6 +492,7 @@ export class MicdropClient {
     this.connectTimer = null
     this.speakerMeterTimer = null
     this.startTime = 0
+    this.startSeq = 0
     this.devicesListener = null
 
     this.stats = {
@@ -676,6 +677,7 @@ export class MicdropClient {
       this.setError(new MicdropClientError(ErrorCode.MissingUrl, 'No WebSocket URL given'))
       throw this.error
     }
+    const seq = ++this.startSeq
     try {
       await this.startMic()
     } catch (err) {
@@ -684,6 +686,7 @@ export class MicdropClient {
       this.notify()
       throw err
     }
+    if (seq !== this.startSeq) return // stop() was called while the microphone was starting
     this._isStarted = true
     this._isStarting = false
     this.openSocket()
@@ -692,6 +695,7 @@ export class MicdropClient {
 
   /** Ends the call: closes the socket (1000), stops the microphone and the speaker. */
   async stop() {
+    this.startSeq++
     this._isStarted = false
     this._isStarting = false
     this._isProcessing = false
