@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod bench_sim;
 mod call;
 mod live;
 
@@ -30,6 +32,8 @@ enum Command {
     Serve(micdrop_server::cli::ServeArgs),
     /// Call a server: speak a WAV, a text or a scenario, print the conversation.
     Call(call::CallArgs),
+    /// Load test: N simulated callers against a server (default: in-process, simulated providers).
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -53,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
         Command::Call(args) => call::call(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }
