@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod call;
+mod live;
+
 /// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
 #[derive(Debug, Parser)]
 #[command(name = "micdrop", version, about)]
@@ -25,6 +28,8 @@ enum LogFormat {
 enum Command {
     /// Run the call server (WebSocket at /call, web page at /).
     Serve(micdrop_server::cli::ServeArgs),
+    /// Call a server: speak a WAV, a text or a scenario, print the conversation.
+    Call(call::CallArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -47,5 +52,6 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
+        Command::Call(args) => call::call(args).await,
     }
 }
