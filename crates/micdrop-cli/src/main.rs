@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod call;
+mod live;
+
 /// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
 #[derive(Debug, Parser)]
 #[command(name = "micdrop", version, about)]
@@ -27,6 +30,8 @@ enum Command {
     Serve(micdrop_server::cli::ServeArgs),
     /// Run local simulators of Gladia, Gradium and Mistral (see docs/simulators.md).
     Sim(micdrop_sim::cli::SimArgs),
+    /// Call a server: speak a WAV, a text or a scenario, print the conversation.
+    Call(call::CallArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -50,5 +55,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
         Command::Sim(args) => micdrop_sim::cli::run(args).await,
+        Command::Call(args) => call::call(args).await,
     }
 }

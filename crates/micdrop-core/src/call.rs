@@ -32,6 +32,7 @@ use crate::tts::{
     TTS_COMMAND_CAPACITY, TTS_EVENT_CAPACITY, TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo,
     UtteranceId,
 };
+use crate::turn::{DEFAULT_TURN_MAX_WAIT, TurnDetector};
 
 /// Default idle timeout: a call that receives no frame at all for this long is closed (1000).
 /// Clients send nothing while the user is silent, so this is long.
@@ -67,6 +68,29 @@ pub struct CallConfig {
     pub shutdown: CancellationToken,
     /// Prior conversation to resume (after the system prompt), for the resume pattern.
     pub history: Vec<ConversationItem>,
+    /// Server-side turn detector (Micdrop recommends running it on the client instead).
+    pub turn_detector: Option<Arc<dyn TurnDetector>>,
+    /// How long a turn judged incomplete is held before being answered anyway.
+    pub turn_max_wait: Duration,
+    /// Receives the call's events (Micdrop's `Message`, `UserAudio`, `AssistantAudio`), for
+    /// recording or persistence. Never blocks the call: events that do not fit are dropped
+    /// (with a warning), so give it room.
+    pub observer: Option<mpsc::Sender<CallEvent>>,
+}
+
+/// An event of a running call, for the embedding code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// An item was added to the conversation (and sent as `Message`).
+    Message(ConversationItem),
+    /// The last user item was removed (`CancelLastUserMessage`).
+    CancelLastUserMessage,
+    /// A chunk of user audio of the open turn.
+    UserAudio(Bytes),
+    /// A chunk of assistant audio sent to the client.
+    AssistantAudio(Bytes),
+    /// The agent asked to end the call.
+    EndCall,
 }
 
 impl std::fmt::Debug for CallConfig {
@@ -96,7 +120,25 @@ impl CallConfig {
             transcript_timeout: DEFAULT_TRANSCRIPT_TIMEOUT,
             shutdown: CancellationToken::new(),
             history: Vec::new(),
+            turn_detector: None,
+            turn_max_wait: DEFAULT_TURN_MAX_WAIT,
+            observer: None,
         }
+    }
+    /// Sets the observer of the call's events.
+    pub fn observer(mut self, tx: mpsc::Sender<CallEvent>) -> Self {
+        self.observer = Some(tx);
+        self
+    }
+    /// Sets a server-side turn detector.
+    pub fn turn_detector(mut self, detector: Arc<dyn TurnDetector>) -> Self {
+        self.turn_detector = Some(detector);
+        self
+    }
+    /// Sets how long an incomplete turn is held.
+    pub fn turn_max_wait(mut self, d: Duration) -> Self {
+        self.turn_max_wait = d;
+        self
     }
     /// Sets the agent.
     pub fn agent(mut self, agent: Agent) -> Self {
@@ -298,8 +340,18 @@ impl Drop for Turn {
     }
 }
 
+/// The turn detector's verdict on the last user turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prediction {
+    Pending,
+    Complete,
+    Incomplete,
+}
+
 /// What woke the call task up.
 enum Wake {
+    Prediction(u64, bool),
+    HeldTurnExpired,
     Shutdown,
     Client(Option<Result<WsMessage, crate::socket::SocketError>>),
     Control(Control),
@@ -331,6 +383,15 @@ struct CallTask {
     transcript_deadline: Option<tokio::time::Instant>,
     queue: VecDeque<Job>,
     turn: Option<Turn>,
+    /// Turn detection (only with a detector): the samples of the open user turn, the pending
+    /// prediction, whether an answer waits for it, and the held-turn deadline.
+    turn_samples: Vec<i16>,
+    prediction: Prediction,
+    predictions_tx: mpsc::Sender<(u64, bool)>,
+    predictions_rx: mpsc::Receiver<(u64, bool)>,
+    user_turn_seq: u64,
+    answer_waits_prediction: bool,
+    held_deadline: Option<tokio::time::Instant>,
     next_utterance: UtteranceId,
     /// Utterances below this id are cancelled (shared with the writer).
     watermark: Arc<AtomicU64>,
@@ -360,6 +421,7 @@ impl CallTask {
             conversation.push(item.clone());
         }
         let (out, out_rx) = mpsc::channel(WRITER_CAPACITY);
+        let (predictions_tx, predictions_rx) = mpsc::channel(4);
         let (_, stt_rx) = mpsc::channel(1);
         let (_, tts_rx) = mpsc::channel(1);
         Self {
@@ -372,6 +434,13 @@ impl CallTask {
             transcript_deadline: None,
             queue: VecDeque::new(),
             turn: None,
+            turn_samples: Vec::new(),
+            prediction: Prediction::Complete,
+            predictions_tx,
+            predictions_rx,
+            user_turn_seq: 0,
+            answer_waits_prediction: false,
+            held_deadline: None,
             next_utterance: 1,
             watermark: Arc::new(AtomicU64::new(0)),
             utterance_with_audio: 0,
@@ -440,6 +509,7 @@ impl CallTask {
         let shutdown = self.config.shutdown.clone();
         let (reason, close): (EndReason, Option<(u16, String)>) = loop {
             let transcript_deadline = self.transcript_deadline;
+            let held_deadline = self.held_deadline;
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
@@ -452,7 +522,9 @@ impl CallTask {
                 permit = self.out.clone().reserve_owned(), if !self.out_pending.is_empty() => {
                     Wake::Writable(permit.ok())
                 }
+                Some((seq, complete)) = self.predictions_rx.recv() => Wake::Prediction(seq, complete),
                 _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
+                _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
                 _ = &mut idle => Wake::Idle,
             };
             match wake {
@@ -504,6 +576,14 @@ impl CallTask {
                     if let (Some(permit), Some(o)) = (permit, self.out_pending.pop_front()) {
                         permit.send(o);
                     }
+                }
+                Wake::Prediction(seq, complete) => self.on_prediction(seq, complete),
+                Wake::HeldTurnExpired => {
+                    // Rule 6: the held turn is answered anyway.
+                    self.held_deadline = None;
+                    debug!("held turn expired: answering");
+                    self.cancel();
+                    self.enqueue(Job::Answer);
                 }
                 Wake::TranscriptTimeout => {
                     self.transcript_deadline = None;
@@ -575,11 +655,20 @@ impl CallTask {
         self.push_out(Outgoing::Frame(frame.encode()));
     }
 
+    fn emit(&mut self, ev: CallEvent) {
+        if let Some(obs) = &self.config.observer {
+            if let Err(mpsc::error::TrySendError::Full(_)) = obs.try_send(ev) {
+                warn!("call observer is full: event dropped");
+            }
+        }
+    }
+
     // ----- conversation -----
 
     fn add_item(&mut self, item: ConversationItem) -> u64 {
         let id = self.conversation.push(item.clone());
-        self.send(ServerFrame::Message(item));
+        self.send(ServerFrame::Message(item.clone()));
+        self.emit(CallEvent::Message(item));
         id
     }
 
@@ -649,6 +738,10 @@ impl CallTask {
             ClientCommand::StartSpeaking => {
                 self.user_chunks = 0;
                 self.transcript_deadline = None;
+                self.turn_samples.clear();
+                self.held_deadline = None;
+                self.answer_waits_prediction = false;
+                self.user_turn_seq += 1;
                 self.stt(SttCommand::StartTurn);
                 self.user_turn_open = true;
                 self.cancel();
@@ -663,6 +756,7 @@ impl CallTask {
                     self.send(ServerFrame::SkipAnswer);
                     return;
                 }
+                self.start_prediction();
                 if self.last_is_unanswered_user() {
                     self.answer_turn();
                 } else {
@@ -688,6 +782,15 @@ impl CallTask {
             return;
         }
         self.user_chunks += 1;
+        if self.config.turn_detector.is_some() {
+            self.turn_samples.extend(
+                pcm.chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+            );
+        }
+        if self.config.observer.is_some() {
+            self.emit(CallEvent::UserAudio(pcm.clone()));
+        }
         self.stt(SttCommand::Audio(pcm));
     }
 
@@ -721,8 +824,55 @@ impl CallTask {
         }
     }
 
-    // Rule 6 (without a server turn detector: the turn is always complete).
+    /// Starts the turn detector on the turn's audio (rule 4); without one the turn is complete.
+    fn start_prediction(&mut self) {
+        let Some(detector) = self.config.turn_detector.clone() else {
+            self.prediction = Prediction::Complete;
+            return;
+        };
+        self.prediction = Prediction::Pending;
+        let samples = std::mem::take(&mut self.turn_samples);
+        let seq = self.user_turn_seq;
+        let tx = self.predictions_tx.clone();
+        tokio::spawn(async move {
+            let complete = detector.predict(samples).await;
+            let _ = tx.send((seq, complete)).await;
+        });
+    }
+
+    fn on_prediction(&mut self, seq: u64, complete: bool) {
+        if seq != self.user_turn_seq || self.prediction != Prediction::Pending {
+            return;
+        }
+        debug!(complete, "turn prediction");
+        self.prediction = if complete {
+            Prediction::Complete
+        } else {
+            Prediction::Incomplete
+        };
+        if std::mem::take(&mut self.answer_waits_prediction) {
+            self.answer_turn();
+        }
+    }
+
+    // Rule 6.
     fn answer_turn(&mut self) {
+        match self.prediction {
+            Prediction::Pending => {
+                self.answer_waits_prediction = true;
+                return;
+            }
+            Prediction::Incomplete => {
+                // Hold the turn: the user probably continues.
+                self.send(ServerFrame::SkipAnswer);
+                if self.held_deadline.is_none() {
+                    self.held_deadline =
+                        Some(tokio::time::Instant::now() + self.config.turn_max_wait);
+                }
+                return;
+            }
+            Prediction::Complete => self.held_deadline = None,
+        }
         self.cancel();
         self.enqueue(Job::Answer);
     }
@@ -747,11 +897,15 @@ impl CallTask {
 
     // Rule 7.
     fn start_answer(&mut self) {
+        let last = self.conversation.last().map(|(id, _)| id);
         let Some(agent) = self.config.agent.clone() else {
+            // Dictation: the `SkipAnswer` is the answer. Unlike Micdrop (which never marks the
+            // message answered and so sends a second, early `SkipAnswer` at the next
+            // `StopSpeaking`), the message counts as answered.
+            self.last_answered = last;
             self.send(ServerFrame::SkipAnswer);
             return;
         };
-        let last = self.conversation.last().map(|(id, _)| id);
         if last.is_some() && last == self.last_answered {
             debug!("already answered");
             return;
@@ -844,9 +998,13 @@ impl CallTask {
             AgentEvent::CancelLastUserMessage => {
                 if self.conversation.remove_last_user() {
                     self.send(ServerFrame::CancelLastUserMessage);
+                    self.emit(CallEvent::CancelLastUserMessage);
                 }
             }
-            AgentEvent::EndCall => self.send(ServerFrame::EndCall),
+            AgentEvent::EndCall => {
+                self.send(ServerFrame::EndCall);
+                self.emit(CallEvent::EndCall);
+            }
             AgentEvent::ToolCall(call) => self.send(ServerFrame::ToolCall(call)),
             AgentEvent::Failed(error) => warn!(%error, "agent failed"),
         }
@@ -864,6 +1022,9 @@ impl CallTask {
                 }
                 if let Some(chunk) = self.aligner.push(&pcm) {
                     self.utterance_with_audio = self.utterance_with_audio.max(u);
+                    if self.config.observer.is_some() {
+                        self.emit(CallEvent::AssistantAudio(chunk.clone()));
+                    }
                     self.push_out(Outgoing::Audio(u, chunk));
                 }
             }

@@ -9,6 +9,7 @@
 //! - [`agent`]: the provider-independent agent (tools, tool loop, automatic tools, extract,
 //!   hooks) over the [`agent::ChatModel`] trait.
 //! - [`stt`], [`tts`]: the speech-to-text and text-to-speech provider traits.
+//! - [`turn`]: the optional server-side turn detector.
 //! - [`call`]: the call engine: one task owns each call (Micdrop's server rules).
 //! - [`params`]: the first-frame params with Micdrop's 3 s rule.
 //! - [`error`]: errors, close codes.
@@ -43,6 +44,7 @@ pub mod protocol;
 pub mod socket;
 pub mod stt;
 pub mod tts;
+pub mod turn;
 
 pub use conversation::{Conversation, ConversationItem, Role};
 pub use error::{AgentError, MicdropError, ProviderErrorKind, SttError, TtsError};

@@ -1,6 +1,13 @@
 //! # micdrop-server
 //!
-//! The micdrop-rs server: configuration, provider wiring, the HTTP and WebSocket routes and the
-//! web page. The `micdrop serve` command is a thin wrapper over [`cli::serve`].
+//! The micdrop-rs server: the TOML [`config`], the HTTP and WebSocket routes ([`server`]) and
+//! the web page. The `micdrop serve` command is a thin wrapper over [`cli::serve`].
+//!
+//! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
+//! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
 
 pub mod cli;
+pub mod config;
+pub mod server;
+
+pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

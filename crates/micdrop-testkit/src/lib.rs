@@ -7,14 +7,17 @@
 //! - [`ScriptedTts`]: deterministic PCM derived from the text; records cancellations.
 //! - [`ScriptedModel`]: a chat model answering from a script (texts, tool calls, errors), with
 //!   delays; records its requests and whether a stream was dropped before its end.
+//! - [`ScriptedTurnDetector`]: turn verdicts from a script.
 //! - [`WsClient`]: a raw WebSocket client that reads frames with timeouts.
 
 mod model;
 mod stt;
 mod tts;
+mod turn;
 mod ws;
 
 pub use model::{ModelStep, ScriptedModel};
 pub use stt::{ScriptedStt, SttScript};
 pub use tts::ScriptedTts;
+pub use turn::ScriptedTurnDetector;
 pub use ws::{Frame, WsClient};

@@ -91,14 +91,22 @@ impl SpeechToText for ScriptedStt {
             let _guard = Guard(shared.clone());
             let mut current: Option<SttScript> = None;
             let mut fired = false;
+            let mut had_audio = false;
             while let Some(cmd) = io.commands.recv().await {
                 shared.lock().unwrap().commands.push(cmd.clone());
                 match cmd {
                     SttCommand::StartTurn => {
-                        current = shared.lock().unwrap().script.pop_front();
+                        current = None;
                         fired = false;
+                        had_audio = false;
                     }
                     SttCommand::Audio(_) => {
+                        // A turn takes its script entry at its first audio: a turn without
+                        // audio produces nothing, as a real STT.
+                        if !had_audio {
+                            had_audio = true;
+                            current = shared.lock().unwrap().script.pop_front();
+                        }
                         if let Some(SttScript::OnFirstAudio(texts)) = &current {
                             if !fired {
                                 fired = true;
@@ -109,6 +117,9 @@ impl SpeechToText for ScriptedStt {
                         }
                     }
                     SttCommand::EndTurn | SttCommand::DiscardTurn => {
+                        if !std::mem::take(&mut had_audio) {
+                            continue;
+                        }
                         let script = current.take();
                         let events = io.events.clone();
                         let discard = cmd == SttCommand::DiscardTurn;

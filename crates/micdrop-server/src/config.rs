@@ -1,0 +1,309 @@
+//! The server's TOML configuration file.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"      # --listen overrides it
+//! path = "/call"                 # WebSocket path
+//! max_frame_bytes = 65536        # larger client frames close the call (1009)
+//! max_calls = 10000              # beyond: HTTP 503 before the upgrade
+//! idle_timeout_secs = 900        # no client frame for this long: close 1000 "Idle timeout"
+//!
+//! [call]
+//! system_prompt = "..."
+//! first_message = "..."          # optional
+//! generate_first_message = false
+//! partial_messages = false
+//! auto_end_call = true           # or a string: the tool's description
+//! auto_semantic_turn = false
+//! auto_ignore_user_noise = false
+//! max_steps = 5
+//!
+//! [auth]                          # optional section
+//! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
+//! bearer_tokens_env = "MICDROP_BEARER_TOKENS"  # comma-separated tokens from the environment
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default WebSocket path.
+pub const DEFAULT_PATH: &str = "/call";
+/// Default maximum size of a client frame: 64 KiB (a 100 ms PCM frame is 3,200 bytes).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Default maximum number of concurrent calls.
+pub const DEFAULT_MAX_CALLS: usize = 10_000;
+/// Default French system prompt of the sovereign stack.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "Tu es un assistant vocal serviable et chaleureux. Tu réponds en français, en phrases courtes et naturelles, faites pour être dites à voix haute : pas de listes, pas de markdown, pas d'emoji.";
+
+/// An error in the configuration file, with the file and what is wrong (line and column
+/// included for syntax and type errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has wrong keys or types.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// `bool` or a custom description.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ToolToggle {
+    /// On (default description) or off.
+    Enabled(bool),
+    /// On, with this description.
+    Description(String),
+}
+
+impl Default for ToolToggle {
+    fn default() -> Self {
+        ToolToggle::Enabled(false)
+    }
+}
+
+impl ToolToggle {
+    /// `None` when off, `Some(None)` for the default description, `Some(Some(d))` for a custom one.
+    pub fn description(&self) -> Option<Option<&str>> {
+        match self {
+            ToolToggle::Enabled(false) => None,
+            ToolToggle::Enabled(true) => Some(None),
+            ToolToggle::Description(d) => Some(Some(d)),
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Listen address.
+    pub listen: String,
+    /// WebSocket path.
+    pub path: String,
+    /// Maximum client frame size in bytes.
+    pub max_frame_bytes: usize,
+    /// Maximum concurrent calls.
+    pub max_calls: usize,
+    /// Idle timeout in seconds.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            path: DEFAULT_PATH.into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_calls: DEFAULT_MAX_CALLS,
+            idle_timeout_secs: micdrop_core::call::DEFAULT_IDLE_TIMEOUT.as_secs(),
+        }
+    }
+}
+
+impl ServerSection {
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// `[call]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSection {
+    /// The agent's system prompt.
+    pub system_prompt: String,
+    /// A fixed first message.
+    pub first_message: Option<String>,
+    /// Ask the agent for the first message.
+    pub generate_first_message: bool,
+    /// Send partial assistant messages.
+    pub partial_messages: bool,
+    /// The `end_call` tool.
+    pub auto_end_call: ToolToggle,
+    /// The `semantic_turn` tool.
+    pub auto_semantic_turn: ToolToggle,
+    /// The `ignore_user_noise` tool.
+    pub auto_ignore_user_noise: ToolToggle,
+    /// Maximum model steps per answer.
+    pub max_steps: usize,
+    /// Without an agent: dictation (every transcript answered with `SkipAnswer`).
+    pub dictation: bool,
+}
+
+impl Default for CallSection {
+    fn default() -> Self {
+        Self {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            first_message: None,
+            generate_first_message: false,
+            partial_messages: false,
+            auto_end_call: ToolToggle::Enabled(true),
+            auto_semantic_turn: ToolToggle::default(),
+            auto_ignore_user_noise: ToolToggle::default(),
+            max_steps: micdrop_core::agent::DEFAULT_MAX_STEPS,
+            dictation: false,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Accepted bearer tokens.
+    pub bearer_tokens: Vec<String>,
+    /// An environment variable holding more tokens, comma-separated.
+    pub bearer_tokens_env: Option<String>,
+}
+
+impl AuthSection {
+    /// Every accepted token (file and environment).
+    pub fn tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .bearer_tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect();
+        if let Some(var) = &self.bearer_tokens_env {
+            if let Ok(v) = std::env::var(var) {
+                tokens.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        tokens
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerSection,
+    /// `[call]`.
+    pub call: CallSection,
+    /// `[auth]` (optional).
+    pub auth: Option<AuthSection>,
+}
+
+impl Config {
+    /// Parses a TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.server.path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "[server] path must start with '/', got {:?}",
+                self.server.path
+            )));
+        }
+        if self.server.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "[server] max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.server.max_calls == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] max_calls must be at least 1".into(),
+            ));
+        }
+        if self.server.idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            if auth.bearer_tokens.is_empty() && auth.bearer_tokens_env.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[auth] needs bearer_tokens or bearer_tokens_env".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_sections() {
+        let c = Config::from_toml(
+            r#"
+[call]
+system_prompt = "Be brief."
+first_message = "Hello"
+partial_messages = true
+auto_end_call = "Hang up when asked."
+[auth]
+bearer_tokens = ["secret"]
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.call.first_message.as_deref(), Some("Hello"));
+        assert!(c.call.partial_messages);
+        assert_eq!(
+            c.call.auto_end_call.description(),
+            Some(Some("Hang up when asked."))
+        );
+        assert_eq!(c.server.path, "/call");
+        assert_eq!(c.auth.unwrap().tokens(), vec!["secret".to_owned()]);
+    }
+
+    #[test]
+    fn clear_errors_with_line() {
+        let e = Config::from_toml("[call]\nfirst_mesage = \"x\"\n", "my.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("my.toml"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("first_mesage"), "{msg}");
+        let e = Config::from_toml("[server]\nmax_calls = \"many\"\n", "my.toml").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Config::from_toml("[server]\npath = \"call\"\n", "my.toml").unwrap_err();
+        assert!(e.to_string().contains("path"), "{e}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The HTTP server: `GET /healthz`, the WebSocket call endpoint, the web page and `micdrop.js`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use micdrop_core::call::{CallConfig, CallEnd, reject, run_call};
+use micdrop_core::error::MicdropError;
+use micdrop_core::params::{PARAMS_TIMEOUT, wait_for_params_json};
+use micdrop_core::socket::axum_socket;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
+
+/// Read buffer of each call's WebSocket (bytes).
+pub const SOCKET_READ_BUFFER: usize = 4096;
+
+mod assets {
+    include!(concat!(env!("OUT_DIR"), "/assets.rs"));
+}
+
+/// Builds the per-call config from the call's params (`None` when the server does not wait for
+/// params). Returning an error closes the socket with its code (4400, 4401, 4404, ...).
+pub type CallFactory =
+    Arc<dyn Fn(Option<&Value>) -> Result<CallConfig, MicdropError> + Send + Sync>;
+
+/// Called with the end of every call (conversation and duration), e.g. to store it.
+pub type EndHook = Arc<dyn Fn(CallEnd) + Send + Sync>;
+
+/// Everything the server needs; build it with [`ServerOptions::new`].
+#[derive(Clone)]
+pub struct ServerOptions {
+    factory: CallFactory,
+    /// Accepted bearer tokens; when non-empty, params with `authorization` are required.
+    pub bearer_tokens: Vec<String>,
+    /// Wait for params even without auth (they are then passed to the factory).
+    pub require_params: bool,
+    /// WebSocket path.
+    pub path: String,
+    /// Maximum client frame size.
+    pub max_frame_bytes: usize,
+    /// Maximum concurrent calls (HTTP 503 beyond).
+    pub max_calls: usize,
+    /// Serve the web page and `micdrop.js`.
+    pub serve_assets: bool,
+    /// Called at the end of each call.
+    pub on_end: Option<EndHook>,
+}
+
+impl ServerOptions {
+    /// Options with a call factory and defaults.
+    pub fn new(factory: CallFactory) -> Self {
+        Self {
+            factory,
+            bearer_tokens: Vec::new(),
+            require_params: false,
+            path: DEFAULT_PATH.into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_calls: DEFAULT_MAX_CALLS,
+            serve_assets: true,
+            on_end: None,
+        }
+    }
+
+    /// Options whose every call is `template` (cloned), whatever the params.
+    pub fn with_template(template: CallConfig) -> Self {
+        Self::new(Arc::new(move |_| Ok(template.clone())))
+    }
+}
+
+struct AppState {
+    options: ServerOptions,
+    calls: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A running server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    http: tokio::task::JoinHandle<()>,
+    calls: Arc<Semaphore>,
+    max_calls: usize,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR/PATH` for clients.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Number of calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.max_calls - self.calls.available_permits()
+    }
+
+    /// Stops accepting, closes every call with 1001 (each gets its end), waits for them (at
+    /// most `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.http).await;
+    }
+}
+
+/// Binds `addr` and serves until [`RunningServer::shutdown`].
+pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let calls = Arc::new(Semaphore::new(options.max_calls));
+    let max_calls = options.max_calls;
+    let state = Arc::new(AppState {
+        options,
+        calls: calls.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    let app = router(state);
+    let stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            stop.cancelled().await;
+        });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "HTTP server error");
+        }
+    });
+    info!(%addr, "listening");
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        tracker,
+        http,
+        calls,
+        max_calls,
+    })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let path = state.options.path.clone();
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(&path, get(call_handler));
+    if state.options.serve_assets {
+        app = app.route("/", get(|| async { asset("index.html") }));
+        for (name, _, _) in assets::ASSETS {
+            if *name != "index.html" {
+                let route = format!("/{name}");
+                app = app.route(&route, get(move || async move { asset(name) }));
+            }
+        }
+    }
+    app.with_state(state)
+}
+
+fn asset(name: &str) -> Response {
+    match assets::ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, mime, bytes)) => (
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let Ok(permit) = state.calls.clone().try_acquire_owned() else {
+        warn!(
+            max_calls = state.options.max_calls,
+            "call refused: too many calls"
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
+    };
+    let max = state.options.max_frame_bytes;
+    let tracker = state.tracker.clone();
+    // Small socket buffers: tungstenite's defaults (128 KiB each way) would cost far more
+    // memory per idle call than the call itself. Reads grow in 4 KiB steps as needed; writes
+    // go out frame by frame (audio frames are written as they come anyway).
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                handle_socket(state, socket).await;
+                drop(permit);
+            })
+        })
+}
+
+async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocket) {
+    let (sink, mut stream) = axum_socket(socket);
+    let opts = &state.options;
+    let params = if opts.require_params || !opts.bearer_tokens.is_empty() {
+        match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                info!(code = e.code, reason = %e.message, "call rejected");
+                reject(sink, &e).await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    if !opts.bearer_tokens.is_empty() {
+        if let Err(e) = check_bearer(params.as_ref(), &opts.bearer_tokens) {
+            info!(code = e.code, "call rejected: unauthorized");
+            reject(sink, &e).await;
+            return;
+        }
+    }
+    let config = match (opts.factory)(params.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            info!(code = e.code, reason = %e.message, "call rejected");
+            reject(sink, &e).await;
+            return;
+        }
+    };
+    let config = config.shutdown(state.shutdown.child_token());
+    let end = run_call(config, sink, stream).await;
+    if let Some(hook) = &opts.on_end {
+        hook(end);
+    }
+}
+
+/// Checks `params.authorization == "Bearer <token>"` in constant time. Params that are not an
+/// object are 4400 `Invalid params`; a missing or wrong token is 4401.
+fn check_bearer(params: Option<&Value>, tokens: &[String]) -> Result<(), MicdropError> {
+    let Some(Value::Object(map)) = params else {
+        return Err(MicdropError::invalid_params());
+    };
+    let Some(auth) = map.get("authorization") else {
+        return Err(MicdropError::unauthorized());
+    };
+    let Some(auth) = auth.as_str() else {
+        return Err(MicdropError::invalid_params());
+    };
+    let given = auth.strip_prefix("Bearer ").unwrap_or("").as_bytes();
+    let mut ok = false;
+    for t in tokens {
+        ok |= bool::from(t.as_bytes().ct_eq(given));
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(MicdropError::unauthorized())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer() {
+        let tokens = vec!["abc".to_owned()];
+        let p = |v: Value| check_bearer(Some(&v), &tokens);
+        assert!(p(serde_json::json!({"authorization": "Bearer abc"})).is_ok());
+        assert_eq!(
+            p(serde_json::json!({"authorization": "Bearer abd"}))
+                .unwrap_err()
+                .code,
+            4401
+        );
+        assert_eq!(p(serde_json::json!({})).unwrap_err().code, 4401);
+        assert_eq!(p(serde_json::json!([1])).unwrap_err().code, 4400);
+        assert_eq!(
+            p(serde_json::json!({"authorization": 3})).unwrap_err().code,
+            4400
+        );
+    }
+}
