@@ -30,6 +30,8 @@ enum LogFormat {
 enum Command {
     /// Run the call server (WebSocket at /call, web page at /).
     Serve(micdrop_server::cli::ServeArgs),
+    /// Run local simulators of Gladia, Gradium and Mistral (see docs/simulators.md).
+    Sim(micdrop_sim::cli::SimArgs),
     /// Call a server: speak a WAV, a text or a scenario, print the conversation.
     Call(call::CallArgs),
     /// Load test: N simulated callers against a server (default: in-process, simulated providers).
@@ -56,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
+        Command::Sim(args) => micdrop_sim::cli::run(args).await,
         Command::Call(args) => call::call(args).await,
         Command::Bench(args) => bench::bench(args).await,
     }
