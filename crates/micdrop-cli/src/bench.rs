@@ -185,6 +185,9 @@ pub struct BenchReport {
     pub server: Option<ServerUsage>,
     /// CPU of this process (the callers; and the server too when in-process), in % of a core.
     pub bench_process_cpu_percent: f64,
+    /// How late a 10 ms timer fires in this process during the load phase: when high, the
+    /// callers themselves (not the server) add latency to the figures above.
+    pub bench_runtime_lag_ms: Percentiles,
     /// The simulator delays (in-process server).
     pub sim: Option<SimDelays>,
     /// What the machine was doing.
@@ -345,6 +348,19 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let cpu_start = pid.and_then(proc_usage);
     let self_start = proc_usage(std::process::id());
+    let lag_probe = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            while !stop.is_cancelled() {
+                let t = tokio::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let late = t.elapsed().saturating_sub(Duration::from_millis(10));
+                lags.push(late.as_secs_f64() * 1000.0);
+            }
+            lags
+        })
+    };
 
     let ramp = Duration::from_secs_f64(args.ramp.max(0.0));
     let mut tasks = Vec::with_capacity(args.calls);
@@ -437,6 +453,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let (peak_held, peak_rss_kb, rss_at_peak_kb) = sampler.await.unwrap_or((0, 0, 0));
+    let mut lags = lag_probe.await.unwrap_or_default();
 
     let agg = std::mem::take(&mut *agg.lock().unwrap_or_else(|e| e.into_inner()));
     let in_proc = args.url.is_none();
@@ -481,6 +498,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let report = BenchReport {
         bench_process_cpu_percent,
+        bench_runtime_lag_ms: Percentiles::of(&mut lags),
         calls: args.calls,
         calls_held_peak: peak_held,
         runs: agg.runs,
@@ -624,6 +642,7 @@ fn print_table(r: &BenchReport) {
         p("server overhead (minus sim delays)", o);
     }
     p("barge-in (StartSpeaking -> last)", &r.barge_in_ms);
+    p("bench runtime lag (10 ms timer)", &r.bench_runtime_lag_ms);
     println!(
         "late frames after StartSpeaking: {} (in {} of {} barge-ins)",
         r.late_frames, r.barge_ins_with_late_frames, r.barge_in_ms.count
