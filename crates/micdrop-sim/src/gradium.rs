@@ -290,9 +290,20 @@ fn synthesize(
             return Ok(());
         }
         let t0 = samples.len() as f64 / rate as f64;
-        if use_espeak {
-            let text = run.join(" ");
-            let audio = audio::espeak(&text, voice, speed, rate)?;
+        let spoken = if use_espeak {
+            match audio::espeak(&run.join(" "), voice, speed, rate) {
+                Ok(a) => Some(a),
+                // `auto` falls back to the tone (e.g. a voice espeak-ng does not know).
+                Err(e) if engine == TtsEngine::Auto => {
+                    tracing::warn!("espeak-ng failed, using the tone: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(audio) = spoken {
             let dur = audio.len() as f64 / rate as f64;
             let total: usize = run.iter().map(|w| w.chars().count().max(1)).sum();
             let mut t = t0;

@@ -443,3 +443,32 @@ async fn tts_auto_engine_speaks_real_speech_when_espeak_is_installed() {
     assert!(rms > 300.0, "audible: rms {rms}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn tts_auto_falls_back_to_the_tone_and_espeak_engine_reports_errors() {
+    // An espeak voice that does not exist: `auto` still speaks (tone), `espeak` fails with 1011
+    // when espeak-ng is installed (and when it is not).
+    for (engine, ok) in [("auto", true), ("espeak", false)] {
+        let sim = start(script(&format!(
+            "[sim]\ntts_engine = \"{engine}\"\n[sim.gradium]\nvoices = {{ v = \"zz\" }}"
+        )))
+        .await;
+        let mut ws = tts(&sim).await;
+        send_json(
+            &mut ws,
+            json!({"type": "setup", "voice_id": "v", "output_format": "pcm_16000"}),
+        )
+        .await;
+        send_json(&mut ws, json!({"type": "text", "text": "Bonjour."})).await;
+        send_json(&mut ws, json!({"type": "end_of_stream"})).await;
+        let (msgs, code) = read_until_close(&mut ws).await;
+        if ok {
+            assert_eq!(code, Some(1000), "{engine}");
+            assert!(!audio_bytes(&msgs).is_empty());
+        } else {
+            assert_eq!(code, Some(1011), "{engine}");
+            assert_eq!(msgs.last().unwrap()["type"], "error");
+        }
+        sim.shutdown().await;
+    }
+}
