@@ -472,3 +472,22 @@ async fn tts_auto_falls_back_to_the_tone_and_espeak_engine_reports_errors() {
         sim.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn session_cap_sends_error_1008_and_closes() {
+    let sim = start(script("[sim.gradium]\nmax_session_ms = 200")).await;
+    for path in ["tts", "asr"] {
+        let mut ws = connect(&format!("{}/speech/{path}", sim.gradium_base_url()), &[KEY]).await;
+        let t0 = std::time::Instant::now();
+        let (msgs, code) = read_until_close(&mut ws).await;
+        assert!(t0.elapsed() >= Duration::from_millis(150), "{path}");
+        assert_eq!(
+            msgs,
+            [json!({"type": "error", "message": "Maximum session duration reached", "code": 1008})],
+            "{path}"
+        );
+        assert_eq!(code, Some(1008), "{path}");
+    }
+    assert_eq!(sim.wait_idle(Duration::from_secs(2)).await.open(), 0);
+    sim.shutdown().await;
+}
