@@ -839,6 +839,13 @@ fn gradium_url(
         let s = u.as_str().replacen(u.scheme(), scheme, 1);
         u = parse_url(field, &s)?;
     }
+    // A base ending in `/api` (the simulators' form, `ws://127.0.0.1:PORT/api`) already holds
+    // the first path segment.
+    let path = if u.path().trim_end_matches('/').ends_with("/api") {
+        path.trim_start_matches("api/")
+    } else {
+        path
+    };
     Ok(crate::http::join(&u, path))
 }
 
@@ -848,7 +855,8 @@ fn gradium_url(
 pub struct GradiumSttConfig {
     /// `eu` (default) or `us`.
     pub region: GradiumRegion,
-    /// Host override (`wss://…`, `ws://…`, `http(s)://…`); the path `/api/speech/asr` is added.
+    /// Host override (`wss://…`, `ws://…`, `http(s)://…`); the path `/api/speech/asr` is added
+    /// (`/speech/asr` when the base already ends in `/api`).
     pub base_url: Option<String>,
     /// Environment variable of the key (default `GRADIUM_API_KEY`).
     pub api_key_env: String,
@@ -963,7 +971,8 @@ impl TtsProviderConfig {
 pub struct GradiumTtsConfig {
     /// `eu` (default) or `us`.
     pub region: GradiumRegion,
-    /// Host override; the path `/api/speech/tts` is added.
+    /// Host override; the path `/api/speech/tts` is added (`/speech/tts` after a base ending in
+    /// `/api`).
     pub base_url: Option<String>,
     /// Environment variable of the key (default `GRADIUM_API_KEY`).
     pub api_key_env: String,

@@ -432,8 +432,10 @@ impl Session {
                 break;
             }
         }
-        if let Some(ws) = self.ws.take() {
-            ws::close(ws).await;
+        if let Some(mut w) = self.ws.take() {
+            // End the recording explicitly (closing with 1000 does too, on the real service).
+            let _ = w.send(Message::text(r#"{"type":"stop_recording"}"#)).await;
+            ws::close(w).await;
         }
     }
 
