@@ -67,6 +67,8 @@ pub async fn call(args: CallArgs) -> anyhow::Result<()> {
         anyhow::bail!("no server URL: give one on the command line or in the scenario");
     }
     let started = Instant::now();
+    // With --json, stdout holds only the report.
+    let to_stderr = args.json;
     let options = RunOptions {
         url: args.url.clone(),
         params,
@@ -77,7 +79,7 @@ pub async fn call(args: CallArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         pace: args.fast.then_some(Pace::Fast),
-        on_event: Some(Box::new(move |ev| print_event(started, ev))),
+        on_event: Some(Box::new(move |ev| print_event(started, ev, to_stderr))),
     };
     let report = scenario::run(&scenario, options).await?;
     if let Some(path) = &args.output {
@@ -147,7 +149,7 @@ fn implicit_scenario(args: &CallArgs) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
-pub(crate) fn print_event(started: Instant, ev: &TimedEvent) {
+pub(crate) fn print_event(started: Instant, ev: &TimedEvent, to_stderr: bool) {
     let t = ev.at.saturating_duration_since(started).as_secs_f64();
     let line = match &ev.event {
         Event::Connected { reconnection: 0 } => "connected".to_owned(),
@@ -168,7 +170,11 @@ pub(crate) fn print_event(started: Instant, ev: &TimedEvent) {
         Event::Classification(v) => format!("classification: {v}"),
         _ => return,
     };
-    println!("[{t:7.3}s] {line}");
+    if to_stderr {
+        eprintln!("[{t:7.3}s] {line}");
+    } else {
+        println!("[{t:7.3}s] {line}");
+    }
 }
 
 fn describe_item(item: &ConversationItem) -> String {

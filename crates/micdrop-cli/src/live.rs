@@ -59,7 +59,7 @@ pub async fn run(args: &CallArgs, params: Option<serde_json::Value>) -> anyhow::
                     Event::Stopped => break,
                     _ => {}
                 }
-                crate::call::print_event(started, &ev);
+                crate::call::print_event(started, &ev, false);
             }
         }
     }

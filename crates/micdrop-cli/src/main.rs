@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod bench_sim;
 mod call;
 mod live;
 
@@ -32,6 +34,8 @@ enum Command {
     Sim(micdrop_sim::cli::SimArgs),
     /// Call a server: speak a WAV, a text or a scenario, print the conversation.
     Call(call::CallArgs),
+    /// Load test: N simulated callers against a server (default: in-process, simulated providers).
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -56,5 +60,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
         Command::Sim(args) => micdrop_sim::cli::run(args).await,
         Command::Call(args) => call::call(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }

@@ -538,7 +538,11 @@ impl Task {
     async fn connect(&mut self) -> Result<Ws, String> {
         let timeout = self.reconnect.connection_timeout;
         let (mut ws, _) =
-            tokio::time::timeout(timeout, tokio_tungstenite::connect_async(self.url.as_str()))
+            // Small frames (commands, 100 ms of audio) go out at once: no Nagle delay.
+            tokio::time::timeout(
+                timeout,
+                tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true),
+            )
                 .await
                 .map_err(|_| format!("connection timeout after {} ms", timeout.as_millis()))?
                 .map_err(|e| e.to_string())?;

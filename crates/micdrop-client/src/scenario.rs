@@ -371,7 +371,8 @@ impl Default for RunOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BargeIn {
     /// From `StartSpeaking` written to the last assistant audio frame received before the
-    /// interrupting turn ended (zero if none arrived).
+    /// interrupting turn ended (zero if none arrived; JSON: ms).
+    #[serde(serialize_with = "ms")]
     pub audio_after: Duration,
     /// Assistant audio frames received after `StartSpeaking` was written, until the
     /// interrupting turn ended. Frames already in flight count: an upper bound on the frames
@@ -389,7 +390,8 @@ pub struct ScenarioReport {
     /// What failed ("step 3 (expect message): ...").
     pub failures: Vec<String>,
     /// Per user turn: from the last audio frame (the `StopSpeaking` write that follows it) to
-    /// the first assistant audio frame received, for turns answered with audio.
+    /// the first assistant audio frame received, for turns answered with audio (JSON: ms).
+    #[serde(serialize_with = "ms_list")]
     pub turn_latencies: Vec<Duration>,
     /// User turns sent.
     pub turns_sent: usize,
@@ -406,8 +408,17 @@ pub struct ScenarioReport {
     pub assistant_audio: Vec<u8>,
     /// Assistant audio bytes accepted, and dropped (user speaking or paused).
     pub audio_bytes: (usize, usize),
-    /// Wall time of the run.
+    /// Wall time of the run (JSON: ms).
+    #[serde(serialize_with = "ms")]
     pub duration: Duration,
+}
+
+fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+fn ms_list<S: serde::Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|d| d.as_secs_f64() * 1000.0))
 }
 
 /// A compact copy of an event (audio payloads are not kept).
@@ -789,6 +800,14 @@ impl Runner {
         .ok_or_else(|| format!("the assistant did not speak {after_ms} ms within {timeout:?}"))?;
         let mark = self.log_len();
         self.speak(samples, false, pace).await?;
+        // The client task logs what it wrote asynchronously: wait for the StopSpeaking.
+        self.wait_log(mark, timeout, |(_, e)| {
+            matches!(
+                e,
+                Logged::Sent(ClientCommand::StopSpeaking) | Logged::Stopped
+            )
+        })
+        .await;
         // Measure: frames received between StartSpeaking and StopSpeaking of this turn.
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let events = &log.events[mark.min(log.events.len())..];
