@@ -372,11 +372,18 @@ pub(crate) struct Slot {
     session: Arc<tokio::sync::Mutex<Session>>,
     guard: Mutex<Option<OpenGuard>>,
     ended: AtomicBool,
+    ended_at: Mutex<Option<std::time::Instant>>,
     generation: AtomicU64,
 }
 
+/// Ended sessions are remembered this long (a late reconnection gets 4403, then 4404).
+const FORGET_ENDED: Duration = Duration::from_secs(600);
+
 impl Slot {
     fn end(&self) {
+        if let Ok(mut t) = self.ended_at.lock() {
+            t.get_or_insert_with(std::time::Instant::now);
+        }
         self.ended.store(true, Ordering::SeqCst);
         if let Ok(mut g) = self.guard.lock() {
             g.take();
@@ -484,9 +491,17 @@ pub(crate) async fn init(
         session: Arc::new(tokio::sync::Mutex::new(session)),
         guard: Mutex::new(Some(state.open_session(Service::Gladia))),
         ended: AtomicBool::new(false),
+        ended_at: Mutex::new(None),
         generation: AtomicU64::new(0),
     });
     if let Ok(mut map) = state.gladia_sessions.lock() {
+        map.retain(|_, s| {
+            s.ended_at
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .is_none_or(|t| t.elapsed() < FORGET_ENDED)
+        });
         map.insert(token.clone(), slot.clone());
     }
     schedule_expiry(&state, &slot);
@@ -927,12 +942,9 @@ impl Session {
                                 _ => None,
                             }
                         }
-                        Message::Ping(p) => {
-                            out.raw(Message::Pong(p)).await?;
-                            None
-                        }
+                        // Pings are answered by the WebSocket layer.
+                        Message::Ping(_) | Message::Pong(_) => None,
                         Message::Close(_) => return Ok(None),
-                        Message::Pong(_) => None,
                     };
                     let Some(audio) = audio else { continue };
                     last_audio = Instant::now();

@@ -868,8 +868,7 @@ async fn run_tts(
                         Message::Binary(_) => {
                             return Err(fail(&mut out, "Binary messages are not supported", 1008, None).await);
                         }
-                        Message::Ping(p) => out.raw(Message::Pong(p)).await?,
-                        Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) => {}
                         Message::Close(_) => return Ok(()),
                     }
                 }
@@ -1147,11 +1146,8 @@ async fn run_stt(
                 Message::Binary(_) => {
                     return Err(fail(&mut out, "Binary messages are not supported", 1008, None).await);
                 }
-                Message::Ping(p) => {
-                    out.raw(Message::Pong(p)).await?;
-                    continue;
-                }
-                Message::Pong(_) => continue,
+                // Pings are answered by the WebSocket layer.
+                Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Close(_) => return Ok(()),
             };
             let ty = v["type"].as_str().unwrap_or("");
@@ -1298,5 +1294,46 @@ mod tests {
         assert_eq!(parse_format("pcm_16000"), Some((Codec::Pcm, 16000)));
         assert_eq!(parse_format("mulaw_8000"), Some((Codec::Ulaw, 8000)));
         assert_eq!(parse_format("mp3"), None);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any client text: no panic, and every plain word comes out in order.
+        #[test]
+        fn parse_items_keeps_plain_words(text in "[a-zé<>/=\" .0-9]{0,80}") {
+            let items = parse_items(&text);
+            if !text.contains('<') {
+                let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+                let got: Vec<String> = items.into_iter().filter_map(|i| match i { Item::Word(w) => Some(w), _ => None }).collect();
+                prop_assert_eq!(got, words);
+            }
+        }
+
+        /// Streaming text in arbitrary pieces releases exactly the words of the whole text.
+        #[test]
+        fn release_is_complete_at_end_of_stream(pieces in proptest::collection::vec("[a-z]{0,5}[ ,.]{0,2}", 0..12)) {
+            let mut r = TtsReq {
+                key: None, codec: Codec::Pcm, rate: 16000, frame: 1280, voice: "fr".into(), speed: 175,
+                close_on_eos: true, ready_at: Instant::now(), ready_sent: false, text: String::new(),
+                consumed: 0, items: Vec::new(), eos: false, busy: false, queue: VecDeque::new(),
+                audio: VecDeque::new(), words: VecDeque::new(), synth_t: 0.0, emitted_t: 0.0,
+                first_release: None, next_emit: None, audio_msgs: 0, header_sent: false, done: false,
+            };
+            for p in &pieces {
+                r.text.push_str(p);
+                r.release(2);
+            }
+            r.eos = true;
+            r.release(2);
+            let released: Vec<String> = r.queue.iter().flat_map(|(items, _)| items.iter().filter_map(|i| match i { Item::Word(w) => Some(w.clone()), _ => None })).collect();
+            let expected: Vec<String> = pieces.concat().split_whitespace().map(str::to_string).collect();
+            prop_assert_eq!(released, expected);
+            prop_assert!(r.items.is_empty());
+        }
     }
 }

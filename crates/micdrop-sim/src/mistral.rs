@@ -1203,3 +1203,61 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("user"),
+                Just("assistant"),
+                Just("tool"),
+                Just("system"),
+                Just("x")
+            ]
+            .prop_map(Value::from),
+            "[a-z_]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("messages".to_string()),
+                        Just("tool_calls".to_string()),
+                        Just("function".to_string()),
+                        Just("tools".to_string()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary request bodies never panic the validators.
+        #[test]
+        fn validators_never_panic(v in json_value()) {
+            let _ = validate_schema(&v);
+            if validate_schema(&v).is_empty() {
+                let _ = validate_semantics(&v);
+            }
+        }
+
+        #[test]
+        fn tokenize_round_trips(text in "\\PC{0,60}") {
+            prop_assert_eq!(tokenize(&text).concat(), text);
+        }
+    }
+}

@@ -404,3 +404,61 @@ impl SimScript {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_sim_table_of_a_serve_config() {
+        let s = SimScript::from_toml_str(
+            r#"
+listen = "127.0.0.1:8080"
+[providers]
+stt = "gladia"
+[sim]
+transcripts = ["Bonjour", "Quelle heure est-il ?"]
+[sim.mistral]
+ttft_ms = 10
+faults = [{ kind = "status", status = 429, times = 2 }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.transcripts, ["Bonjour", "Quelle heure est-il ?"]);
+        assert_eq!(s.mistral.ttft_ms, 10);
+        assert_eq!(s.mistral.inter_token_ms, 30, "defaults kept");
+        assert_eq!(s.mistral.faults, [Fault::status(429).times(2)]);
+        assert_eq!(s.gladia, GladiaScript::default());
+    }
+
+    #[test]
+    fn reads_a_bare_table_and_embeds_as_an_option() {
+        let s = SimScript::from_toml_str("transcripts = [\"Salut\"]\nzero_delay = true").unwrap();
+        assert!(s.zero_delay);
+        #[derive(Deserialize)]
+        struct Config {
+            sim: Option<SimScript>,
+        }
+        let c: Config = toml::from_str("[sim]\nlanguage = \"en\"").unwrap();
+        assert_eq!(c.sim.unwrap().language, "en");
+        let c: Config = toml::from_str("").unwrap();
+        assert!(c.sim.is_none());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_faults() {
+        assert!(SimScript::from_toml_str("[sim]\ntranscript = [\"x\"]").is_err());
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"status\" }]").is_err()
+        );
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"close\", code = 1006 }]")
+                .is_err()
+        );
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"explode\" }]").is_err()
+        );
+        let e = SimScript::from_toml_str("[sim]\nspeech_threshold = -1.0").unwrap_err();
+        assert!(e.to_string().contains("speech_threshold"));
+    }
+}

@@ -71,11 +71,6 @@ impl Out {
             .map_err(|_| Ended::PeerGone)
     }
 
-    /// Sends a raw frame (pong).
-    pub(crate) async fn raw(&mut self, m: Message) -> Result<(), Ended> {
-        self.sink.send(m).await.map_err(|_| Ended::PeerGone)
-    }
-
     /// Sends a close frame (once).
     pub(crate) async fn close(&mut self, code: u16, reason: &str) {
         if self.closed {

@@ -106,7 +106,14 @@ pub async fn read_until_close(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
         match next(ws).await {
             Event::Json(v) => msgs.push(v),
             Event::Text(t) => panic!("malformed message {t}"),
-            Event::Close(code) => return (msgs, code),
+            Event::Close(code) => {
+                // Complete the closing handshake like a well-behaved client.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return (msgs, code);
+            }
             Event::Gone => return (msgs, None),
         }
     }
