@@ -299,7 +299,11 @@ fn gradium_base_urls_accept_http_schemes() {
 
 #[test]
 fn gradium_base_with_or_without_api_prefix() {
-    for base in ["ws://127.0.0.1:9/api", "ws://127.0.0.1:9/api/", "ws://127.0.0.1:9"] {
+    for base in [
+        "ws://127.0.0.1:9/api",
+        "ws://127.0.0.1:9/api/",
+        "ws://127.0.0.1:9",
+    ] {
         let mut c = ProvidersConfig::default();
         c.stt.gradium.base_url = Some(base.into());
         assert_eq!(
