@@ -944,7 +944,15 @@ impl Session {
                         }
                         // Pings are answered by the WebSocket layer.
                         Message::Ping(_) | Message::Pong(_) => None,
-                        Message::Close(_) => return Ok(None),
+                        Message::Close(frame) => {
+                            // A normal close (1000) ends the recording like stop_recording;
+                            // any other close or a dropped connection leaves the session open
+                            // for a reconnection.
+                            if frame.is_some_and(|f| f.code == 1000) {
+                                let _ = self.closing(false);
+                            }
+                            return Ok(None);
+                        }
                     };
                     let Some(audio) = audio else { continue };
                     last_audio = Instant::now();

@@ -391,3 +391,50 @@ async fn oversized_frame_and_second_stop() {
     assert_eq!(code, Some(1009));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_close_1000_ends_the_session_other_closes_keep_it() {
+    let sim = start(SimScript::default()).await;
+    let (init, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &silence(RATE, 0.2)).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    drop(ws);
+    let c = sim.wait_idle(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.gladia.open_sessions, 1,
+        "1001: the session waits for a reconnection"
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    send_audio(&mut ws, &silence(RATE, 0.2)).await;
+    ws.close(None).await.unwrap(); // no code
+    drop(ws);
+    assert_eq!(
+        sim.wait_idle(Duration::from_millis(300))
+            .await
+            .gladia
+            .open_sessions,
+        1
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    drop(ws);
+    assert_eq!(
+        sim.wait_idle(Duration::from_secs(2)).await.open(),
+        0,
+        "1000 ends the recording"
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    let (_, code) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(4403));
+    sim.shutdown().await;
+}
