@@ -782,8 +782,9 @@ impl Session {
             self.session_url = None;
         }
         let active = self.turn_open || self.finalizing.is_some();
-        if code == Some(1000) && !active {
-            debug!("gladia session closed while idle; will reopen at the next turn");
+        if !active {
+            // Nothing to transcribe: reopen at the next turn (no retries spent while idle).
+            debug!(error = %kind, "gladia socket closed while idle; will reopen at the next turn");
             return;
         }
         self.lost(kind);
