@@ -266,10 +266,13 @@ impl ProvidersConfig {
             let mut list: Vec<Arc<dyn SpeechToText>> = Vec::new();
             for kind in self.stt.chain() {
                 list.push(match kind {
-                    SttKind::Gladia => Arc::new(GladiaStt::new(
-                        self.stt.gladia.clone(),
-                        self.stt.gladia.key("stt gladia")?,
-                    )?),
+                    SttKind::Gladia => Arc::new(
+                        GladiaStt::new(
+                            self.stt.gladia.clone(),
+                            self.stt.gladia.key("stt gladia")?,
+                        )?
+                        .with_session_host_policy(self.sovereignty.clone()),
+                    ),
                     SttKind::Gradium => Arc::new(GradiumStt::new(
                         self.stt.gradium.clone(),
                         self.stt.gradium.key("stt gradium")?,
