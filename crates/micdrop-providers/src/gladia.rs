@@ -446,7 +446,8 @@ impl Session {
         }
         if let Some(mut w) = self.ws.take() {
             // End the recording explicitly (closing with 1000 does too, on the real service).
-            let _ = w.send(Message::text(r#"{"type":"stop_recording"}"#)).await;
+            let stop = Message::text(r#"{"type":"stop_recording"}"#);
+            let _ = tokio::time::timeout(Duration::from_millis(500), w.send(stop)).await;
             ws::close(w).await;
         }
     }
