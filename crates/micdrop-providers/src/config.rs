@@ -842,10 +842,11 @@ fn gradium_url(
         let s = u.as_str().replacen(u.scheme(), scheme, 1);
         u = parse_url(field, &s)?;
     }
-    // A base ending in `/api` (the simulators' form, `ws://127.0.0.1:PORT/api`) already holds
-    // the first path segment.
+    // Accept a base given with or without Gradium's `/api` prefix (the real API and the
+    // simulators document their base as `…/api`).
     let path = if u.path().trim_end_matches('/').ends_with("/api") {
-        path.trim_start_matches("api/")
+        let p = path.trim_start_matches('/');
+        p.strip_prefix("api/").unwrap_or(p)
     } else {
         path
     };

@@ -444,11 +444,16 @@ impl Session {
                 break;
             }
         }
-        if let Some(mut w) = self.ws.take() {
-            // End the recording explicitly (closing with 1000 does too, on the real service).
-            let stop = Message::text(r#"{"type":"stop_recording"}"#);
-            let _ = tokio::time::timeout(Duration::from_millis(500), w.send(stop)).await;
-            ws::close(w).await;
+        if let Some(mut ws) = self.ws.take() {
+            // The call is over: end the Gladia session (a bare close would leave it resumable
+            // until its idle timeout), then close the socket.
+            let stop = json!({"type": "stop_recording"}).to_string();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                ws.send(Message::text(stop)),
+            )
+            .await;
+            ws::close(ws).await;
         }
     }
 

@@ -104,7 +104,7 @@ async fn upgrade<F, Fut>(
     run: F,
 ) -> Response
 where
-    F: FnOnce(Arc<SimState>, SplitStream<WebSocket>, Out) -> Fut + Send + 'static,
+    F: FnOnce(Arc<SimState>, SplitStream<WebSocket>, Out, Instant) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Ended>> + Send + 'static,
 {
     let counters = state.counters(service);
@@ -164,16 +164,14 @@ where
             return;
         }
         let shutdown = state.shutdown.clone();
-        let max_session = Duration::from_millis(state.script().gradium.max_session_ms);
-        let fut = run(state.clone(), stream, out);
+        let deadline =
+            Instant::now() + Duration::from_millis(state.script().gradium.max_session_ms);
+        let fut = run(state.clone(), stream, out, deadline);
         tokio::select! {
             r = fut => {
                 if let Err(Ended::Dropped) = r {
                     tracing::debug!("gradium: simulated connection drop");
                 }
-            }
-            _ = tokio::time::sleep(max_session) => {
-                tracing::debug!("gradium: session cap reached");
             }
             _ = shutdown.cancelled() => {}
         }
@@ -290,9 +288,20 @@ fn synthesize(
             return Ok(());
         }
         let t0 = samples.len() as f64 / rate as f64;
-        if use_espeak {
-            let text = run.join(" ");
-            let audio = audio::espeak(&text, voice, speed, rate)?;
+        let spoken = if use_espeak {
+            match audio::espeak(&run.join(" "), voice, speed, rate) {
+                Ok(a) => Some(a),
+                // `auto` falls back to the tone (e.g. a voice espeak-ng does not know).
+                Err(e) if engine == TtsEngine::Auto => {
+                    tracing::warn!("espeak-ng failed, using the tone: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(audio) = spoken {
             let dur = audio.len() as f64 / rate as f64;
             let total: usize = run.iter().map(|w| w.chars().count().max(1)).sum();
             let mut t = t0;
@@ -833,10 +842,14 @@ impl TtsConn {
     }
 }
 
+/// The error sent when a socket reaches `max_session_ms`.
+const SESSION_CAP: &str = "Maximum session duration reached";
+
 async fn run_tts(
     state: Arc<SimState>,
     mut stream: SplitStream<WebSocket>,
     mut out: Out,
+    deadline: Instant,
 ) -> Result<(), Ended> {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<JobDone>(16);
     let script = state.script();
@@ -879,6 +892,9 @@ async fn run_tts(
                     }
                 }
                 _ = sleep_until_opt(due) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(fail(&mut out, SESSION_CAP, 1008, None).await);
+                }
             }
             if conn.emit_due(&mut out).await? {
                 out.close(1000, "end of stream").await;
@@ -1107,6 +1123,7 @@ async fn run_stt(
     state: Arc<SimState>,
     mut stream: SplitStream<WebSocket>,
     mut out: Out,
+    deadline: Instant,
 ) -> Result<(), Ended> {
     let script = state.script();
     let g = &script.gradium;
@@ -1136,6 +1153,9 @@ async fn run_stt(
             let msg = tokio::select! {
                 m = stream.next() => m,
                 _ = state.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(fail(&mut out, SESSION_CAP, 1008, None).await);
+                }
             };
             let Some(Ok(msg)) = msg else { return Ok(()) };
             let v: Value = match msg {
