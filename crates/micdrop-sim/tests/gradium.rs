@@ -491,3 +491,63 @@ async fn session_cap_sends_error_1008_and_closes() {
     assert_eq!(sim.wait_idle(Duration::from_secs(2)).await.open(), 0);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_shot_http_tts_streams_ndjson_or_raw_audio_and_errors_in_plain_text() {
+    let sim = start(tone_script("")).await;
+    let url = format!("http://{}/api/post/speech/tts", sim.addr());
+    let client = reqwest::Client::new();
+    let body =
+        json!({"text": "Bonjour tout le monde", "voice_id": "v", "output_format": "pcm_16000"});
+    let r = client
+        .post(&url)
+        .header("x-api-key", "k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "ready");
+    assert_eq!(lines.last().unwrap()["type"], "end_of_stream");
+    assert_eq!(lines.iter().filter(|l| l["type"] == "text").count(), 4);
+    let decoded: usize = audio_bytes(&lines).len();
+    let mut raw_body = body.clone();
+    raw_body["only_audio"] = json!(true);
+    let r = client
+        .post(&url)
+        .header("x-api-key", "k")
+        .json(&raw_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "audio/pcm");
+    assert_eq!(
+        r.bytes().await.unwrap().len(),
+        decoded,
+        "same audio both ways"
+    );
+    let r = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "error from server 1008: API key is revoked or expired"
+    );
+    sim.push_fault(Service::GradiumTts, Fault::status(503));
+    assert_eq!(
+        client
+            .post(&url)
+            .header("x-api-key", "k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    sim.shutdown().await;
+}
