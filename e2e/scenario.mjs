@@ -23,8 +23,11 @@ export const FIRST_REPLY =
   'at half past seven and at eight o clock, both inside and on the terrace, and the kitchen ' +
   'stays open late, so please tell me which time and which place you would prefer.'
 
-/** What the fake microphone says (its words do not matter: the STT is scripted). */
-export const SPOKEN_PHRASE = 'Hello, I would like to book a table for two people tonight, please.'
+/**
+ * What the fake microphone says (its words do not matter: the STT is scripted). No commas, so
+ * that no pause splits it into two utterances.
+ */
+export const SPOKEN_PHRASE = 'I would like to book a table for two people tonight please'
 
 /** Silence before and after the phrase in the fake microphone's WAV (Chromium loops it). */
 export const LEAD_MS = 2500
@@ -46,6 +49,7 @@ language = "en"
 transcripts = [${TRANSCRIPTS.map(q).join(', ')}]
 
 [[sim.mistral.replies]]
+when = "book a table"
 text = ${q(FIRST_REPLY)}
 `
 }
