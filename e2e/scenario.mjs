@@ -11,7 +11,7 @@ export const FIRST_MESSAGE = 'Hello! I am the test assistant.'
 export const TRANSCRIPTS = [
   'I would like to book a table for two people tonight.',
   'Actually, make it three people.',
-  'Thank you, goodbye.',
+  'Is there parking nearby?',
 ]
 
 /**
