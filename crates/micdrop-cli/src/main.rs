@@ -2,6 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod bench_sim;
+mod call;
+mod live;
+
 /// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
 #[derive(Debug, Parser)]
 #[command(name = "micdrop", version, about)]
@@ -25,6 +30,12 @@ enum LogFormat {
 enum Command {
     /// Run the call server (WebSocket at /call, web page at /).
     Serve(micdrop_server::cli::ServeArgs),
+    /// Run local simulators of Gladia, Gradium and Mistral (see docs/simulators.md).
+    Sim(micdrop_sim::cli::SimArgs),
+    /// Call a server: speak a WAV, a text or a scenario, print the conversation.
+    Call(call::CallArgs),
+    /// Load test: N simulated callers against a server (default: in-process, simulated providers).
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -47,5 +58,8 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => micdrop_server::cli::serve(args).await,
+        Command::Sim(args) => micdrop_sim::cli::run(args).await,
+        Command::Call(args) => call::call(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }

@@ -1,0 +1,279 @@
+//! The providers of `micdrop bench`'s in-process server: a speech-to-text, a chat model and a
+//! text-to-speech that add exactly the delays they are configured with, so that the server's
+//! own overhead is the measured latency minus these delays.
+
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use micdrop_client::audio;
+use micdrop_core::agent::{Agent, ChatChunk, ChatModel, ChatRequest};
+use micdrop_core::call::CallConfig;
+use micdrop_core::stt::{SpeechToText, SttCommand, SttEvent, SttSessionIo};
+use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId};
+use micdrop_core::{AgentError, protocol::SAMPLE_RATE};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Delays the simulated providers add.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SimDelays {
+    /// From `EndTurn` to the final transcript.
+    pub stt_final_ms: u64,
+    /// From the model request to its first token.
+    pub llm_first_token_ms: u64,
+    /// Between tokens.
+    pub llm_token_ms: u64,
+    /// From the first text of an utterance to its first audio.
+    pub tts_first_audio_ms: u64,
+    /// Audio per character of text, in ms (speech at ~15 characters per second ≈ 65 ms).
+    pub tts_ms_per_char: u64,
+    /// Emit the audio in real time (one 100 ms frame every 100 ms) instead of all at once.
+    pub tts_real_time: bool,
+}
+
+impl SimDelays {
+    /// No delay at all: the latency measured is the server's (and the client's) own.
+    pub fn zero() -> Self {
+        Self {
+            stt_final_ms: 0,
+            llm_first_token_ms: 0,
+            llm_token_ms: 0,
+            tts_first_audio_ms: 0,
+            tts_ms_per_char: 65,
+            tts_real_time: true,
+        }
+    }
+
+    /// Delays of the order of hosted providers (streaming STT final, LLM first token, TTS
+    /// first audio); assumptions, not measurements.
+    pub fn realistic() -> Self {
+        Self {
+            stt_final_ms: 200,
+            llm_first_token_ms: 350,
+            llm_token_ms: 15,
+            tts_first_audio_ms: 150,
+            tts_ms_per_char: 65,
+            tts_real_time: true,
+        }
+    }
+
+    /// What the providers add between `StopSpeaking` and the first audio byte.
+    pub fn first_audio_delay(&self) -> Duration {
+        Duration::from_millis(self.stt_final_ms + self.llm_first_token_ms + self.tts_first_audio_ms)
+    }
+}
+
+/// The answer the simulated model gives (its audio lasts ~3 s at 65 ms per character).
+pub const ANSWER: &str = "Très bien, voici une réponse simulée pour le banc d'essai.";
+
+/// A call config over the simulated providers (no greeting: the call starts with `SkipAnswer`).
+pub fn call_config(delays: SimDelays) -> CallConfig {
+    let agent = Agent::new(Arc::new(SimModel { delays }), "Banc d'essai.");
+    CallConfig::new(Arc::new(SimStt { delays }))
+        .agent(agent)
+        .tts(Arc::new(SimTts::new(delays)))
+}
+
+async fn pause(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Transcribes every turn with audio as `tour N` after `stt_final_ms`.
+#[derive(Debug)]
+struct SimStt {
+    delays: SimDelays,
+}
+
+impl SpeechToText for SimStt {
+    fn name(&self) -> &str {
+        "bench-stt"
+    }
+
+    fn run(&self, mut io: SttSessionIo) -> BoxFuture<'static, ()> {
+        let delay = self.delays.stt_final_ms;
+        Box::pin(async move {
+            let mut chunks = 0usize;
+            let mut turn = 0u64;
+            let mut pending: Option<tokio::task::JoinHandle<()>> = None;
+            while let Some(cmd) = io.commands.recv().await {
+                match cmd {
+                    SttCommand::StartTurn => chunks = 0,
+                    SttCommand::Audio(_) => chunks += 1,
+                    SttCommand::DiscardTurn => chunks = 0,
+                    SttCommand::EndTurn => {
+                        turn += 1;
+                        let text = if chunks > 0 {
+                            format!("tour {turn}")
+                        } else {
+                            String::new()
+                        };
+                        let events = io.events.clone();
+                        let job = async move {
+                            pause(delay).await;
+                            let _ = events.send(SttEvent::Transcript(text)).await;
+                        };
+                        if delay == 0 {
+                            job.await;
+                        } else {
+                            pending = Some(tokio::spawn(job));
+                        }
+                    }
+                }
+            }
+            if let Some(p) = pending {
+                p.abort();
+            }
+        })
+    }
+}
+
+/// Answers [`ANSWER`] word by word.
+#[derive(Debug)]
+struct SimModel {
+    delays: SimDelays,
+}
+
+impl ChatModel for SimModel {
+    fn name(&self) -> &str {
+        "bench-model"
+    }
+
+    fn stream(&self, _request: ChatRequest) -> BoxStream<'static, Result<ChatChunk, AgentError>> {
+        let d = self.delays;
+        let words: Vec<String> = ANSWER
+            .split(' ')
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    w.to_owned()
+                } else {
+                    format!(" {w}")
+                }
+            })
+            .collect();
+        Box::pin(futures::stream::unfold(
+            (0usize, words),
+            move |(i, words)| async move {
+                let word = words.get(i)?.clone();
+                pause(if i == 0 {
+                    d.llm_first_token_ms
+                } else {
+                    d.llm_token_ms
+                })
+                .await;
+                Some((Ok(ChatChunk::Text(word)), (i + 1, words)))
+            },
+        ))
+    }
+}
+
+/// Speaks `tts_ms_per_char` of audio per character, first audio `tts_first_audio_ms` after the
+/// utterance's first text, then 100 ms frames in real time (or all at once).
+#[derive(Debug)]
+struct SimTts {
+    delays: SimDelays,
+    frame: Bytes,
+}
+
+impl SimTts {
+    fn new(delays: SimDelays) -> Self {
+        Self {
+            delays,
+            frame: audio::to_bytes(&audio::speech_like(100)),
+        }
+    }
+}
+
+/// Frame length: 100 ms of PCM s16le at 16 kHz.
+const FRAME_BYTES: usize = (SAMPLE_RATE / 10) as usize * 2;
+
+struct Utterance {
+    id: UtteranceId,
+    /// Audio bytes still to send.
+    pending: usize,
+    ended: bool,
+    /// When the next frame is due (set by the first text).
+    next: Option<Instant>,
+}
+
+impl TextToSpeech for SimTts {
+    fn name(&self) -> &str {
+        "bench-tts"
+    }
+
+    fn run(&self, mut io: TtsSessionIo) -> BoxFuture<'static, ()> {
+        let d = self.delays;
+        let frame = self.frame.clone();
+        Box::pin(async move {
+            let bytes_per_char = (d.tts_ms_per_char * u64::from(SAMPLE_RATE) / 1000 * 2) as usize;
+            let mut queue: std::collections::VecDeque<Utterance> = Default::default();
+            loop {
+                let due = queue.front().and_then(|u| {
+                    if u.pending > 0 || u.ended {
+                        u.next
+                    } else {
+                        None
+                    }
+                });
+                tokio::select! {
+                    biased;
+                    cmd = io.commands.recv() => {
+                        let Some(cmd) = cmd else { return };
+                        match cmd {
+                            TtsCommand::Speak(id) => queue.push_back(Utterance { id, pending: 0, ended: false, next: None }),
+                            TtsCommand::Text(id, text) => {
+                                if let Some(u) = queue.iter_mut().find(|u| u.id == id) {
+                                    u.pending += text.chars().count() * bytes_per_char;
+                                    if u.next.is_none() {
+                                        u.next = Some(Instant::now() + Duration::from_millis(d.tts_first_audio_ms));
+                                    }
+                                }
+                            }
+                            TtsCommand::EndText(id) => {
+                                if let Some(u) = queue.iter_mut().find(|u| u.id == id) {
+                                    u.ended = true;
+                                    u.next.get_or_insert_with(Instant::now);
+                                }
+                            }
+                            TtsCommand::Cancel => queue.clear(),
+                        }
+                    }
+                    _ = sleep_until(due) => {
+                        let Some(u) = queue.front_mut() else { continue };
+                        if u.pending > 0 {
+                            let n = u.pending.min(FRAME_BYTES);
+                            u.pending -= n;
+                            let id = u.id;
+                            if d.tts_real_time {
+                                if let Some(next) = u.next.as_mut() {
+                                    *next += audio::duration_of_bytes(n);
+                                }
+                            }
+                            if io.events.send(TtsEvent::Audio(id, frame.slice(..n))).await.is_err() {
+                                return;
+                            }
+                        } else if u.ended {
+                            let id = u.id;
+                            queue.pop_front();
+                            let _ = io.events.send(TtsEvent::Done(id)).await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) if d > Instant::now() => tokio::time::sleep_until(d).await,
+        Some(_) => tokio::task::yield_now().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,74 @@
+//! `micdrop bench` end to end: a short run against its in-process server.
+
+use std::process::Command;
+
+#[test]
+fn short_bench_reports_latency_barge_in_and_server_usage() {
+    let dir = std::env::temp_dir().join(format!("micdrop-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("quick.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+        pace = "fast"
+        timeout_ms = 5000
+        [[step]]
+        wait = "answer"
+        [[step]]
+        speech_ms = 300
+        [[step]]
+        wait = "audio"
+        [[step]]
+        speech_ms = 300
+        interrupt_after_ms = 200
+        [[step]]
+        wait = "audio"
+        "#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
+        .env("MICDROP_LOG", "warn")
+        .args([
+            "bench",
+            "--calls",
+            "4",
+            "--ramp",
+            "0.2",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .arg("--scenario")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["calls"], 4);
+    assert_eq!(r["errors"], 0, "{r:#}");
+    assert!(r["runs"].as_u64().unwrap() >= 4, "{r:#}");
+    assert_eq!(r["runs_failed"], 0, "{r:#}");
+    let turns = r["turns_completed"].as_u64().unwrap();
+    assert!(turns >= 8, "{r:#}");
+    assert_eq!(r["latency_ms"]["count"].as_u64().unwrap(), turns);
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() >= 0.0);
+    assert!(r["server_overhead_ms"]["p99"].as_f64().is_some());
+    assert_eq!(
+        r["barge_in_ms"]["count"].as_u64().unwrap(),
+        r["runs"].as_u64().unwrap()
+    );
+    assert!(r["calls_held_peak"].as_u64().unwrap() >= 1);
+    let server = &r["server"];
+    assert!(server["rss_at_rest_mb"].as_f64().unwrap() > 1.0, "{r:#}");
+    assert!(server["cpu_percent"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        r["machine"]["cores"].as_u64().unwrap() as usize,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

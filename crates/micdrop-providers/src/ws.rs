@@ -1,0 +1,128 @@
+//! WebSocket plumbing shared by the Gladia and Gradium sessions: connecting with headers and a
+//! timeout, and small helpers for `select!` loops over optional futures.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use micdrop_core::ProviderErrorKind;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+/// A client WebSocket.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `url` with extra `headers`, within `timeout`. A refused upgrade becomes
+/// [`ProviderErrorKind::Status`] (body kept), anything else a network error or a timeout. The URL
+/// (which may hold a session token) is never put in the error.
+pub async fn connect(
+    url: &Url,
+    headers: &[(&'static str, String)],
+    timeout: Duration,
+) -> Result<WsStream, ProviderErrorKind> {
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ProviderErrorKind::Config(format!("invalid WebSocket URL: {e}")))?;
+    for (k, v) in headers {
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| ProviderErrorKind::Config(format!("invalid value for header {k}")))?;
+        req.headers_mut().insert(*k, value);
+    }
+    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(req)).await {
+        Err(_) => Err(ProviderErrorKind::Timeout(format!(
+            "WebSocket handshake not done within {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            Err(crate::http::status_error(status, &body))
+        }
+        Ok(Err(e)) => Err(ws_error(&e)),
+    }
+}
+
+/// Maps a tungstenite error to an error kind.
+pub fn ws_error(e: &tungstenite::Error) -> ProviderErrorKind {
+    match e {
+        tungstenite::Error::Protocol(p) => ProviderErrorKind::Network(format!("WebSocket: {p}")),
+        other => ProviderErrorKind::Network(other.to_string()),
+    }
+}
+
+/// The error kind of a close frame (`None`: closed without a frame, i.e. abnormally).
+pub fn close_error(frame: Option<&CloseFrame>) -> ProviderErrorKind {
+    match frame {
+        Some(f) => ProviderErrorKind::Closed {
+            code: u16::from(f.code),
+            reason: f.reason.to_string(),
+        },
+        None => ProviderErrorKind::Closed {
+            code: 1006,
+            reason: "closed without a close frame".into(),
+        },
+    }
+}
+
+/// Closes `ws` politely (code 1000), giving up after a second.
+pub async fn close(mut ws: WsStream) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        // Drain until the server's close arrives.
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The next message of an optional socket (pending forever without a socket).
+pub async fn next_msg(ws: &mut Option<WsStream>) -> Option<Result<Message, tungstenite::Error>> {
+    match ws {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Awaits an optional boxed future (pending forever when `None`).
+pub async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at` (forever when `None`).
+pub async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Boxes a future for [`poll_opt`].
+pub fn boxed<T, F>(f: F) -> BoxFuture<'static, T>
+where
+    F: Future<Output = T> + Send + 'static,
+{
+    Box::pin(f)
+}
