@@ -41,6 +41,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// the STT within this time, the client gets `SkipAnswer` (providers have their own, shorter,
 /// transcription timeout; this only guards against a stuck provider).
 pub const DEFAULT_TRANSCRIPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long provider sessions get to close cleanly when a call ends, before being aborted.
+pub const PROVIDER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Capacity of the channel to the writer task (frames); beyond it, frames wait in the call's own
 /// queue so that the call task never blocks on a slow client.
 pub const WRITER_CAPACITY: usize = 64;
@@ -598,11 +600,23 @@ impl CallTask {
 
         // Release providers and the turn, flush what is queued, then close.
         self.turn = None;
+        // Closing the command channels ends the provider sessions: give them a moment to close
+        // their provider connections cleanly (end the STT session, close the sockets), then
+        // abort whatever still runs.
         self.stt_tx = None;
         self.tts_tx = None;
-        for p in self.providers.drain(..) {
-            p.abort();
-        }
+        let providers: Vec<JoinHandle<()>> = self.providers.drain(..).collect();
+        let release = async move {
+            let aborts: Vec<_> = providers.iter().map(|p| p.abort_handle()).collect();
+            if tokio::time::timeout(PROVIDER_CLOSE_GRACE, futures::future::join_all(providers))
+                .await
+                .is_err()
+            {
+                for a in aborts {
+                    a.abort();
+                }
+            }
+        };
         let out = self.out.clone();
         let pending: Vec<Outgoing> = self.out_pending.drain(..).collect();
         let conversation = self.conversation.to_vec();
@@ -616,7 +630,7 @@ impl CallTask {
             }
             drop(out);
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        let _ = tokio::join!(tokio::time::timeout(Duration::from_secs(2), flush), release);
         if let Some(close) = close {
             let _ = close_tx.send(close);
         } else {

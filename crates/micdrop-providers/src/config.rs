@@ -839,6 +839,14 @@ fn gradium_url(
         let s = u.as_str().replacen(u.scheme(), scheme, 1);
         u = parse_url(field, &s)?;
     }
+    // Accept a base given with or without Gradium's `/api` prefix (the real API and the
+    // simulators document their base as `…/api`).
+    let path = if u.path().trim_end_matches('/').ends_with("/api") {
+        let p = path.trim_start_matches('/');
+        p.strip_prefix("api/").unwrap_or(p)
+    } else {
+        path
+    };
     Ok(crate::http::join(&u, path))
 }
 

@@ -432,7 +432,15 @@ impl Session {
                 break;
             }
         }
-        if let Some(ws) = self.ws.take() {
+        if let Some(mut ws) = self.ws.take() {
+            // The call is over: end the Gladia session (a bare close would leave it resumable
+            // until its idle timeout), then close the socket.
+            let stop = json!({"type": "stop_recording"}).to_string();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                ws.send(Message::text(stop)),
+            )
+            .await;
             ws::close(ws).await;
         }
     }

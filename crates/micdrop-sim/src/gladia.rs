@@ -505,7 +505,18 @@ pub(crate) async fn init(
         map.insert(token.clone(), slot.clone());
     }
     schedule_expiry(&state, &slot);
-    let url = format!("ws://{}/v2/live?token={token}", state.addr);
+    // The session URL uses the host the client reached us by (like the real API's own host).
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| state.addr.to_string());
+    let url = format!("ws://{host}/v2/live?token={token}");
     let mut r = (
         StatusCode::CREATED,
         axum::Json(json!({"id": id, "created_at": iso_now(), "url": url})),

@@ -97,6 +97,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/v2/live/{id}", get(gladia::result))
         .route("/api/speech/tts", get(gradium::tts))
         .route("/api/speech/asr", get(gradium::stt))
+        .route("/api/post/speech/tts", post(gradium::tts_post))
         .route("/v1/chat/completions", post(mistral::chat_completions))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::script::{FaultKind, ScriptedReply, SimScript};
-use crate::state::{Service, SimState, alnum, hex, unix_now};
+use crate::state::{Service, SimState, alnum, first_half, hex, unix_now};
 
 const TOP_LEVEL: &[&str] = &[
     "model",
@@ -280,7 +280,7 @@ pub(crate) async fn chat_completions(
         if cut {
             // A body that fails mid-way: the client sees a broken connection.
             let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from(body.to_string()[..20].to_string())),
+                Ok(Bytes::from(first_half(&body.to_string()))),
                 Err(std::io::Error::other("simulated drop")),
             ];
             return response_with_body(
@@ -290,8 +290,7 @@ pub(crate) async fn chat_completions(
             );
         }
         if matches!(fault.as_ref().map(|f| f.kind), Some(FaultKind::Malformed)) {
-            let mut s = body.to_string();
-            s.truncate(s.len() / 2);
+            let s = first_half(&body.to_string());
             return response_with_body(Body::from(s), "application/json", remaining);
         }
         return json_response(StatusCode::OK, body, remaining);
@@ -381,7 +380,7 @@ pub(crate) async fn chat_completions(
                 _ = shutdown.cancelled() => return,
             }
             let data = if malformed_at == Some(i) {
-                data[..data.len() / 2].to_string()
+                first_half(&data)
             } else {
                 data
             };

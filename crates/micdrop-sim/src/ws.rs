@@ -53,8 +53,7 @@ impl Out {
                 }
                 FaultKind::Malformed if self.sent == f.after_messages => {
                     self.sent += 1;
-                    let mut s = v.to_string();
-                    s.truncate(s.len() / 2);
+                    let s = crate::state::first_half(&v.to_string());
                     return self
                         .sink
                         .send(Message::Text(s.into()))

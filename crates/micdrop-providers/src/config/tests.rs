@@ -291,3 +291,20 @@ fn gradium_base_urls_accept_http_schemes() {
     };
     assert!(g.output_rate().is_err());
 }
+
+#[test]
+fn gradium_base_with_or_without_api_prefix() {
+    for base in [
+        "ws://127.0.0.1:9/api",
+        "ws://127.0.0.1:9/api/",
+        "ws://127.0.0.1:9",
+    ] {
+        let mut c = ProvidersConfig::default();
+        c.stt.gradium.base_url = Some(base.into());
+        assert_eq!(
+            c.stt.gradium.url().unwrap().as_str(),
+            "ws://127.0.0.1:9/api/speech/asr",
+            "{base}"
+        );
+    }
+}

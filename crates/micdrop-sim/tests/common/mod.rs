@@ -124,3 +124,18 @@ pub fn types(msgs: &[Value]) -> Vec<String> {
         .map(|m| m["type"].as_str().unwrap_or("?").to_string())
         .collect()
 }
+
+/// Waits (up to 2 s) until the counters satisfy `cond`; returns the last snapshot.
+pub async fn wait_until(
+    sim: &SimHandle,
+    cond: impl Fn(&micdrop_sim::SimCounters) -> bool,
+) -> micdrop_sim::SimCounters {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let c = sim.counters();
+        if cond(&c) || tokio::time::Instant::now() >= deadline {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
