@@ -44,6 +44,11 @@ first_message = ${q(FIRST_MESSAGE)}
 [auth]
 bearer_tokens = [${q(TOKEN)}]
 
+# Gladia closes an utterance after this much silence (its default, 0.05 s, would cut the phrase
+# at every word gap, each piece taking the next scripted transcript).
+[stt.gladia]
+endpointing = 0.4
+
 [sim]
 language = "en"
 transcripts = [${TRANSCRIPTS.map(q).join(', ')}]
