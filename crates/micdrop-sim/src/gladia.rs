@@ -654,6 +654,13 @@ pub(crate) struct Session {
     start_session_sent: bool,
     /// Finals waiting for their delay.
     pending: VecDeque<(Instant, Value)>,
+    /// An utterance that stopped, kept while the same user turn may go on: (utterance, end of
+    /// speech, when the end was detected).
+    held: Option<(Utt, f64, Instant)>,
+    /// Silence (audio time) that ends a user turn; 0 = every utterance is its own turn.
+    turn_gap: f64,
+    /// No audio for this long (wall clock) also ends the turn.
+    turn_idle: Duration,
     utterances: Vec<Value>,
     partial_interval: f64,
     max_session_s: f64,
@@ -686,6 +693,9 @@ impl Session {
             ended: false,
             start_session_sent: false,
             pending: VecDeque::new(),
+            held: None,
+            turn_gap: script.turn_gap_ms as f64 / 1000.0,
+            turn_idle: Duration::from_millis(script.turn_idle_ms),
             utterances: Vec::new(),
             partial_interval: (g.partial_interval_ms as f64 / 1000.0).max(0.02),
             max_session_s: g.max_session_ms as f64 / 1000.0,
@@ -746,8 +756,9 @@ impl Session {
         )
     }
 
-    /// Closes the open utterance at `end`: speech_end now, the final after `delay`.
-    fn finish_utt(&mut self, end: f64, now: Instant, delay: Duration, out: &mut Vec<Value>) {
+    /// The open utterance stopped at `end` (endpointing silence): `speech_end` now; its final
+    /// waits while the same user turn may go on (see `turn_gap_ms`), unless merging is off.
+    fn end_speech(&mut self, end: f64, now: Instant, delay: Duration, out: &mut Vec<Value>) {
         let Some(utt) = self.utt.take() else { return };
         if self.cfg.speech_events {
             out.push(self.msg(
@@ -755,15 +766,56 @@ impl Session {
                 json!({"data": {"time": ms(end), "channel": 0}}),
             ));
         }
+        if self.turn_gap > 0.0 {
+            self.finalize_held(now, delay, out);
+            self.held = Some((utt, end, now));
+        } else {
+            self.finalize(utt, end, now, now, delay, out);
+        }
+    }
+
+    /// Sends (or schedules) the final of the held utterance.
+    fn finalize_held(&mut self, now: Instant, delay: Duration, out: &mut Vec<Value>) {
+        if let Some((utt, end, detected)) = self.held.take() {
+            self.finalize(utt, end, detected, now, delay, out);
+        }
+    }
+
+    /// The final of `utt`, due `delay` after its end was detected.
+    fn finalize(
+        &mut self,
+        utt: Utt,
+        end: f64,
+        detected: Instant,
+        now: Instant,
+        delay: Duration,
+        out: &mut Vec<Value>,
+    ) {
         let text = Self::utt_text(&utt, end);
         let fin = self.transcript(&utt, &text, end, true);
         self.utterances.push(fin["data"]["utterance"].clone());
         if self.cfg.finals {
-            if delay.is_zero() {
+            let due = detected + delay;
+            if due <= now && self.pending.is_empty() {
                 out.push(fin);
             } else {
-                self.pending.push_back((now + delay, fin));
+                self.pending.push_back((due.max(now), fin));
             }
+        }
+    }
+
+    /// Closes the open utterance now (stop, session cap): speech_end and its final at once.
+    fn finish_now(&mut self, end: f64, out: &mut Vec<Value>) {
+        let now = Instant::now();
+        self.finalize_held(now, Duration::ZERO, out);
+        if let Some(utt) = self.utt.take() {
+            if self.cfg.speech_events {
+                out.push(self.msg(
+                    "speech_end",
+                    json!({"data": {"time": ms(end), "channel": 0}}),
+                ));
+            }
+            self.finalize(utt, end, now, now, Duration::ZERO, out);
         }
     }
 
@@ -796,16 +848,24 @@ impl Session {
         for ev in self.tracker.push(&samples) {
             match ev {
                 SpeechEvent::Start { time } => {
-                    let id = format!("00_{:08}", self.utt_counter);
-                    self.utt_counter += 1;
-                    let text = self.transcripts.next();
-                    self.utt = Some(Utt {
-                        id,
-                        start: time,
-                        text,
-                        partials: 0,
-                        next_partial_at: time + self.partial_interval,
-                    });
+                    match self.held.take() {
+                        // Speech again soon after: the same user turn goes on.
+                        Some((utt, end, _)) if time - end < self.turn_gap => self.utt = Some(utt),
+                        held => {
+                            self.held = held;
+                            self.finalize_held(now, delay, &mut out);
+                            let id = format!("00_{:08}", self.utt_counter);
+                            self.utt_counter += 1;
+                            let text = self.transcripts.next();
+                            self.utt = Some(Utt {
+                                id,
+                                start: time,
+                                text,
+                                partials: 0,
+                                next_partial_at: time + self.partial_interval,
+                            });
+                        }
+                    }
                     if self.cfg.speech_events {
                         out.push(self.msg(
                             "speech_start",
@@ -813,8 +873,15 @@ impl Session {
                         ));
                     }
                 }
-                SpeechEvent::End { end, .. } => self.finish_utt(end, now, delay, &mut out),
+                SpeechEvent::End { end, .. } => self.end_speech(end, now, delay, &mut out),
             }
+        }
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, end, _)| self.tracker.now() - end >= self.turn_gap)
+        {
+            self.finalize_held(now, delay, &mut out);
         }
         if self.cfg.partials {
             let t = self.tracker.now();
@@ -849,12 +916,11 @@ impl Session {
         }
         self.stopped = true;
         out.extend(self.pending.drain(..).map(|(_, m)| m));
-        if let Some(SpeechEvent::End { end, .. }) = self.tracker.force_end() {
-            self.finish_utt(end, Instant::now(), Duration::ZERO, &mut out);
-        } else if self.utt.is_some() {
-            let end = self.tracker.now();
-            self.finish_utt(end, Instant::now(), Duration::ZERO, &mut out);
-        }
+        let end = match self.tracker.force_end() {
+            Some(SpeechEvent::End { end, .. }) => end,
+            _ => self.tracker.now(),
+        };
+        self.finish_now(end, &mut out);
         if self.cfg.lifecycle {
             out.push(self.msg(
                 "end_recording",
@@ -993,6 +1059,14 @@ impl Session {
                         }
                         out.close(1000, "Maximum session duration reached").await;
                         return Ok(Some(stream));
+                    }
+                }
+                _ = sleep_until_opt(self.held.as_ref().map(|_| last_audio + self.turn_idle)) => {
+                    // The client stopped streaming: the user turn is over.
+                    let mut msgs = Vec::new();
+                    self.finalize_held(Instant::now(), delay, &mut msgs);
+                    for m in msgs {
+                        out.send(&m).await?;
                     }
                 }
                 _ = sleep_until_opt(next_final) => {

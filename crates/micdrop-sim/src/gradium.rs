@@ -1104,7 +1104,14 @@ const STT_LANGUAGES: &[&str] = &["en", "fr", "de", "es", "pt"];
 struct SUtt {
     words: Option<Vec<String>>,
     revealed: usize,
+    /// Start of the user turn.
     start: f64,
+    /// Start of the current speech segment of the turn.
+    seg_start: f64,
+    /// Speech time of the turn's earlier segments.
+    base: f64,
+    /// End of speech while the turn may go on (see `turn_gap_ms`).
+    held: Option<f64>,
 }
 
 struct SttSession {
@@ -1118,6 +1125,8 @@ struct SttSession {
     step_idx: u64,
     delay_s: f64,
     word_interval: f64,
+    /// See `SimScript::turn_gap_ms`.
+    turn_gap: f64,
     endpointing: f64,
     min_speech: f64,
     threshold: f64,
@@ -1148,6 +1157,9 @@ impl SttSession {
             words,
             revealed: 0,
             start: time,
+            seg_start: time,
+            base: 0.0,
+            held: None,
         });
     }
 
@@ -1233,21 +1245,49 @@ impl SttSession {
             for ev in events {
                 match ev {
                     SpeechEvent::Start { time } => {
-                        self.start_utt(time);
+                        let resume = self
+                            .utt
+                            .as_ref()
+                            .and_then(|u| u.held)
+                            .is_some_and(|end| time - end < self.turn_gap);
+                        if let (true, Some(u)) = (resume, self.utt.as_mut()) {
+                            // The same user turn goes on.
+                            u.held = None;
+                            u.seg_start = time;
+                        } else {
+                            self.end_held(now);
+                            self.start_utt(time);
+                        }
                     }
-                    SpeechEvent::End { start, end } => {
-                        let at = (end + self.delay_s).max(now);
-                        self.end_utt(start, end, at);
+                    SpeechEvent::End { end, .. } => {
+                        if self.turn_gap > 0.0 {
+                            if let Some(u) = self.utt.as_mut() {
+                                u.base += (end - u.seg_start).max(0.0);
+                                u.held = Some(end);
+                            }
+                        } else if let Some(start) = self.utt.as_ref().map(|u| u.start) {
+                            let at = (end + self.delay_s).max(now);
+                            self.end_utt(start, end, at);
+                        }
                     }
                 }
             }
+            if self
+                .utt
+                .as_ref()
+                .and_then(|u| u.held)
+                .is_some_and(|end| now - end >= self.turn_gap)
+            {
+                self.end_held(now);
+            }
             // Reveal words while the user speaks (the last one waits for the end).
-            let voiced = self
+            let voiced_now = self
                 .tracker
                 .as_ref()
                 .map(|t| t.voiced_in_utterance())
                 .unwrap_or(0.0);
             if let Some(u) = self.utt.as_mut() {
+                let voiced = u.base + if u.held.is_some() { 0.0 } else { voiced_now };
                 if let Some(words) = &u.words {
                     while u.revealed + 1 < words.len()
                         && voiced >= (u.revealed + 1) as f64 * self.word_interval
@@ -1274,14 +1314,23 @@ impl SttSession {
         }
     }
 
+    /// Ends a held turn: its remaining words are due `delay_in_frames` after its end.
+    fn end_held(&mut self, now: f64) {
+        if let Some((start, end)) = self.utt.as_ref().and_then(|u| u.held.map(|e| (u.start, e))) {
+            self.end_utt(start, end, (end + self.delay_s).max(now));
+        }
+    }
+
     /// Flush / end of stream: finish the open utterance and emit everything.
     fn finish(&mut self, out: &mut Vec<Value>) {
         let now = self.now();
-        if let Some(SpeechEvent::End { start, end }) = self.tracker().force_end() {
-            self.end_utt(start, end, now);
+        if let Some(SpeechEvent::End { end, .. }) = self.tracker().force_end() {
+            if let Some(start) = self.utt.as_ref().map(|u| u.start) {
+                self.end_utt(start, end, now);
+            }
         } else if let Some(u) = &self.utt {
-            let start = u.start;
-            self.end_utt(start, now, now);
+            let (start, end) = (u.start, u.held.unwrap_or(now));
+            self.end_utt(start, end, now);
         }
         self.release(true, out);
     }
@@ -1308,6 +1357,7 @@ async fn run_stt(
         step_idx: 0,
         delay_s: 0.0,
         word_interval: g.stt_word_interval_ms as f64 / 1000.0,
+        turn_gap: script.turn_gap_ms as f64 / 1000.0,
         endpointing: g.stt_endpointing_ms as f64 / 1000.0,
         min_speech: g.stt_min_speech_ms as f64 / 1000.0,
         threshold: script.speech_threshold,

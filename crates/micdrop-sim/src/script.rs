@@ -27,6 +27,13 @@ pub struct SimScript {
     /// all sessions share one cursor (`global`, useful when a client reconnects with a new
     /// session and the conversation must go on).
     pub transcript_scope: TranscriptScope,
+    /// Silence (audio time) after which the next speech is a new user turn. Speech that resumes
+    /// sooner continues the same turn: same transcript entry, same Gladia utterance (its final
+    /// waits), same Gradium segment. 0: every endpointed utterance is a turn of its own.
+    pub turn_gap_ms: u64,
+    /// A held turn also ends when no audio arrives for this long (wall clock): the client
+    /// stopped streaming at the end of its turn.
+    pub turn_idle_ms: u64,
     /// Language of the simulated speech and of the default chat answers (`fr`, `en`, ...).
     pub language: String,
     /// RMS energy (on the signed 16-bit scale, 0..32767) above which a 20 ms frame is speech.
@@ -48,6 +55,8 @@ impl Default for SimScript {
         Self {
             transcripts: Vec::new(),
             transcript_scope: TranscriptScope::Session,
+            turn_gap_ms: 800,
+            turn_idle_ms: 250,
             language: "fr".into(),
             speech_threshold: 300.0,
             zero_delay: false,

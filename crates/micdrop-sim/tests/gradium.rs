@@ -551,3 +551,35 @@ async fn one_shot_http_tts_streams_ndjson_or_raw_audio_and_errors_in_plain_text(
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn stt_a_pause_inside_a_turn_keeps_one_script_entry() {
+    let sim = start(script(
+        "[sim]\ntranscripts = [\"Bonjour tout le monde\", \"Merci\"]",
+    ))
+    .await;
+    let mut ws = stt(&sim).await;
+    stt_setup(&mut ws, "pcm_16000").await;
+    let mut audio = speech(16000, 0.6);
+    audio.extend(silence(16000, 0.3));
+    audio.extend(speech(16000, 0.6));
+    audio.extend(silence(16000, 1.2));
+    audio.extend(speech(16000, 0.5));
+    audio.extend(silence(16000, 1.2));
+    send_stt_audio(&mut ws, &audio, 16000).await;
+    send_json(&mut ws, json!({"type": "end_of_stream"})).await;
+    let (msgs, code) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(1000));
+    let seq: Vec<String> = msgs
+        .iter()
+        .filter(|m| m["type"] == "text" || m["type"] == "end_text")
+        .map(|m| {
+            m["text"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| "|".into())
+        })
+        .collect();
+    assert_eq!(seq, ["Bonjour", "tout", "le", "monde", "|", "Merci", "|"]);
+    sim.shutdown().await;
+}

@@ -286,6 +286,11 @@ fn gradium_base_urls_accept_http_schemes() {
         "wss://eu.api.gradium.ai/api/speech/asr"
     );
     let g = GradiumTtsConfig {
+        base_url: Some("ws://127.0.0.1:9/api".into()),
+        ..Default::default()
+    };
+    assert_eq!(g.url().unwrap().as_str(), "ws://127.0.0.1:9/api/speech/tts");
+    let g = GradiumTtsConfig {
         output_format: "opus".into(),
         ..Default::default()
     };
