@@ -441,7 +441,7 @@ pub(crate) async fn init(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let ok = match &script.gladia.api_key {
-        Some(k) => key == k,
+        Some(k) => k.matches(key),
         None => !key.is_empty(),
     };
     if !ok {

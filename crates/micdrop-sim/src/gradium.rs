@@ -58,7 +58,7 @@ fn key_ok(script: &SimScript, headers: &HeaderMap, query: &HashMap<String, Strin
         .or_else(|| query.get("token").map(String::as_str))
         .unwrap_or("");
     match &script.gradium.api_key {
-        Some(k) => key == k,
+        Some(k) => k.matches(key),
         None => !key.is_empty(),
     }
 }

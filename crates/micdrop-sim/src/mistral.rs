@@ -145,7 +145,7 @@ pub(crate) async fn chat_completions(
         .map(str::trim)
         .unwrap_or("");
     let authorized = match &script.mistral.api_key {
-        Some(k) => token == k,
+        Some(k) => k.matches(token),
         None => !token.is_empty(),
     };
     if !authorized {

@@ -68,6 +68,29 @@ impl Default for SimScript {
     }
 }
 
+/// The API key a simulated service accepts. Its `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SimKey(String);
+
+impl SimKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// Whether `candidate` is this key.
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.0 == candidate
+    }
+}
+
+impl std::fmt::Debug for SimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimKey(***)")
+    }
+}
+
 /// Scope of the transcript cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,7 +120,7 @@ pub enum TtsEngine {
 #[serde(default, deny_unknown_fields)]
 pub struct GladiaScript {
     /// The only accepted `x-gladia-key` (any non-empty key when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Concurrency limit on live sessions (init answers 429 above it).
     pub max_sessions: usize,
     /// Wall-clock delay between the end of an utterance and its final transcript.
@@ -140,7 +163,7 @@ impl Default for GladiaScript {
 #[serde(default, deny_unknown_fields)]
 pub struct GradiumScript {
     /// The only accepted `x-api-key` (any non-empty key when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Concurrency limit per product (TTS sockets, STT sockets): error 1008 above it.
     pub max_sessions: usize,
     /// Maximum duration of one socket (wall clock), then error 1008 and close.
@@ -200,7 +223,7 @@ impl Default for GradiumScript {
 #[serde(default, deny_unknown_fields)]
 pub struct MistralScript {
     /// The only accepted bearer token (any non-empty token when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Time to first token (after the role chunk).
     pub ttft_ms: u64,
     /// Delay between two content chunks.
@@ -452,6 +475,13 @@ faults = [{ kind = "status", status = 429, times = 2 }]
         assert_eq!(c.sim.unwrap().language, "en");
         let c: Config = toml::from_str("").unwrap();
         assert!(c.sim.is_none());
+    }
+
+    #[test]
+    fn keys_never_show_in_debug_output() {
+        let s = SimScript::from_toml_str("[sim.mistral]\napi_key = \"secret-123\"").unwrap();
+        assert!(s.mistral.api_key.as_ref().unwrap().matches("secret-123"));
+        assert!(!format!("{s:?}").contains("secret-123"));
     }
 
     #[test]
