@@ -11,7 +11,7 @@ export const FIRST_MESSAGE = 'Hello! I am the test assistant.'
 export const TRANSCRIPTS = [
   'I would like to book a table for two people tonight.',
   'Actually, make it three people.',
-  'Thank you, goodbye.',
+  'Is there parking nearby?',
 ]
 
 /**
@@ -23,8 +23,11 @@ export const FIRST_REPLY =
   'at half past seven and at eight o clock, both inside and on the terrace, and the kitchen ' +
   'stays open late, so please tell me which time and which place you would prefer.'
 
-/** What the fake microphone says (its words do not matter: the STT is scripted). */
-export const SPOKEN_PHRASE = 'Hello, I would like to book a table for two people tonight, please.'
+/**
+ * What the fake microphone says (its words do not matter: the STT is scripted). No commas, so
+ * that no pause splits it into two utterances.
+ */
+export const SPOKEN_PHRASE = 'I would like to book a table for two people tonight please'
 
 /** Silence before and after the phrase in the fake microphone's WAV (Chromium loops it). */
 export const LEAD_MS = 2500
@@ -41,11 +44,17 @@ first_message = ${q(FIRST_MESSAGE)}
 [auth]
 bearer_tokens = [${q(TOKEN)}]
 
+# Gladia closes an utterance after this much silence (its default, 0.05 s, would cut the phrase
+# at every word gap, each piece taking the next scripted transcript).
+[stt.gladia]
+endpointing = 0.4
+
 [sim]
 language = "en"
 transcripts = [${TRANSCRIPTS.map(q).join(', ')}]
 
 [[sim.mistral.replies]]
+when = "book a table"
 text = ${q(FIRST_REPLY)}
 `
 }
