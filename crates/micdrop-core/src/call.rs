@@ -342,6 +342,9 @@ impl Drop for Turn {
     }
 }
 
+/// A turn detector's verdict: (user turn number, complete).
+type Verdict = (u64, bool);
+
 /// The turn detector's verdict on the last user turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Prediction {
@@ -389,8 +392,8 @@ struct CallTask {
     /// prediction, whether an answer waits for it, and the held-turn deadline.
     turn_samples: Vec<i16>,
     prediction: Prediction,
-    predictions_tx: mpsc::Sender<(u64, bool)>,
-    predictions_rx: mpsc::Receiver<(u64, bool)>,
+    /// Created only when a turn detector is configured (channels cost memory per call).
+    predictions: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
     user_turn_seq: u64,
     answer_waits_prediction: bool,
     held_deadline: Option<tokio::time::Instant>,
@@ -407,9 +410,9 @@ struct CallTask {
     sink: Option<SocketSink>,
     control: mpsc::Receiver<Control>,
     stt_tx: Option<mpsc::Sender<SttCommand>>,
-    stt_rx: mpsc::Receiver<SttEvent>,
+    stt_rx: Option<mpsc::Receiver<SttEvent>>,
     tts_tx: Option<mpsc::Sender<TtsCommand>>,
-    tts_rx: mpsc::Receiver<TtsEvent>,
+    tts_rx: Option<mpsc::Receiver<TtsEvent>>,
     providers: Vec<JoinHandle<()>>,
 }
 
@@ -423,9 +426,7 @@ impl CallTask {
             conversation.push(item.clone());
         }
         let (out, out_rx) = mpsc::channel(WRITER_CAPACITY);
-        let (predictions_tx, predictions_rx) = mpsc::channel(4);
-        let (_, stt_rx) = mpsc::channel(1);
-        let (_, tts_rx) = mpsc::channel(1);
+        let predictions = config.turn_detector.is_some().then(|| mpsc::channel(4));
         Self {
             config,
             started: Instant::now(),
@@ -438,8 +439,7 @@ impl CallTask {
             turn: None,
             turn_samples: Vec::new(),
             prediction: Prediction::Complete,
-            predictions_tx,
-            predictions_rx,
+            predictions,
             user_turn_seq: 0,
             answer_waits_prediction: false,
             held_deadline: None,
@@ -454,9 +454,9 @@ impl CallTask {
             sink: Some(sink),
             control,
             stt_tx: None,
-            stt_rx,
+            stt_rx: None,
             tts_tx: None,
-            tts_rx,
+            tts_rx: None,
             providers: Vec::new(),
         }
     }
@@ -471,7 +471,7 @@ impl CallTask {
         self.providers
             .push(tokio::spawn(fut.instrument(tracing::Span::current())));
         self.stt_tx = Some(cmd_tx);
-        self.stt_rx = ev_rx;
+        self.stt_rx = Some(ev_rx);
         if let Some(tts) = &self.config.tts {
             let (cmd_tx, cmd_rx) = mpsc::channel(TTS_COMMAND_CAPACITY);
             let (ev_tx, ev_rx) = mpsc::channel(TTS_EVENT_CAPACITY);
@@ -482,7 +482,7 @@ impl CallTask {
             self.providers
                 .push(tokio::spawn(fut.instrument(tracing::Span::current())));
             self.tts_tx = Some(cmd_tx);
-            self.tts_rx = ev_rx;
+            self.tts_rx = Some(ev_rx);
         }
     }
 
@@ -519,12 +519,14 @@ impl CallTask {
                 msg = stream.next() => Wake::Client(msg),
                 Some(control) = self.control.recv() => Wake::Control(control),
                 ev = recv_turn(&mut self.turn) => Wake::Agent(ev),
-                Some(ev) = self.tts_rx.recv() => Wake::Tts(ev),
-                Some(ev) = self.stt_rx.recv() => Wake::Stt(ev),
+                Some(ev) = recv_opt(self.tts_rx.as_mut()) => Wake::Tts(ev),
+                Some(ev) = recv_opt(self.stt_rx.as_mut()) => Wake::Stt(ev),
                 permit = self.out.clone().reserve_owned(), if !self.out_pending.is_empty() => {
                     Wake::Writable(permit.ok())
                 }
-                Some((seq, complete)) = self.predictions_rx.recv() => Wake::Prediction(seq, complete),
+                Some((seq, complete)) = recv_opt(self.predictions.as_mut().map(|p| &mut p.1)) => {
+                    Wake::Prediction(seq, complete)
+                }
                 _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
                 _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
                 _ = &mut idle => Wake::Idle,
@@ -847,7 +849,9 @@ impl CallTask {
         self.prediction = Prediction::Pending;
         let samples = std::mem::take(&mut self.turn_samples);
         let seq = self.user_turn_seq;
-        let tx = self.predictions_tx.clone();
+        let Some(tx) = self.predictions.as_ref().map(|p| p.0.clone()) else {
+            return;
+        };
         tokio::spawn(async move {
             let complete = detector.predict(samples).await;
             let _ = tx.send((seq, complete)).await;
@@ -1078,6 +1082,13 @@ impl CallTask {
 async fn recv_turn(turn: &mut Option<Turn>) -> Option<AgentEvent> {
     match turn {
         Some(t) => t.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -85,6 +85,18 @@ impl SimKey {
     }
 }
 
+impl From<&str> for SimKey {
+    fn from(key: &str) -> Self {
+        Self::new(key)
+    }
+}
+
+impl From<String> for SimKey {
+    fn from(key: String) -> Self {
+        Self(key)
+    }
+}
+
 impl std::fmt::Debug for SimKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SimKey(***)")
