@@ -72,6 +72,9 @@ export async function recordStates(page) {
         assistant: s.isAssistantSpeaking,
         processing: s.isProcessing,
         items: s.conversation.length,
+        partial: s.partialAssistantMessage,
+        // The demo renders before this listener runs: what the page shows of the partial answer.
+        partialShown: document.getElementById('partial')?.hidden === false ? document.getElementById('partial').textContent : null,
       })
     })
   })
