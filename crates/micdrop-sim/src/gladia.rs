@@ -961,6 +961,7 @@ impl Session {
         let idle = Duration::from_millis(script.gladia.idle_timeout_ms);
         let drop_acks = script.gladia.drop_acks;
         let mut last_audio = Instant::now();
+        let mut chunk_gap = Duration::ZERO;
         if self.cfg.lifecycle && !self.start_session_sent {
             self.start_session_sent = true;
             out.send(&self.msg("start_session", json!({}))).await?;
@@ -1032,7 +1033,13 @@ impl Session {
                         }
                     };
                     let Some(audio) = audio else { continue };
-                    last_audio = Instant::now();
+                    let now = Instant::now();
+                    let gap = now.duration_since(last_audio);
+                    if gap < Duration::from_secs(1) {
+                        // Typical interval between audio messages (pauses between turns excluded).
+                        chunk_gap = chunk_gap.mul_f64(0.8) + gap.mul_f64(0.2);
+                    }
+                    last_audio = now;
                     if self.stopped {
                         continue;
                     }
@@ -1061,7 +1068,7 @@ impl Session {
                         return Ok(Some(stream));
                     }
                 }
-                _ = sleep_until_opt(self.held.as_ref().map(|_| last_audio + self.turn_idle)) => {
+                _ = sleep_until_opt(self.held.as_ref().map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
                     // The client stopped streaming: the user turn is over.
                     let mut msgs = Vec::new();
                     self.finalize_held(Instant::now(), delay, &mut msgs);

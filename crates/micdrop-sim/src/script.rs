@@ -31,8 +31,9 @@ pub struct SimScript {
     /// sooner continues the same turn: same transcript entry, same Gladia utterance (its final
     /// waits), same Gradium segment. 0: every endpointed utterance is a turn of its own.
     pub turn_gap_ms: u64,
-    /// A held turn also ends when no audio arrives for this long (wall clock): the client
-    /// stopped streaming at the end of its turn.
+    /// A held turn also ends when no audio arrives for this long (wall clock; at least three
+    /// times the usual interval between the client's audio messages): the client stopped
+    /// streaming at the end of its turn.
     pub turn_idle_ms: u64,
     /// Language of the simulated speech and of the default chat answers (`fr`, `en`, ...).
     pub language: String,
@@ -56,7 +57,7 @@ impl Default for SimScript {
             transcripts: Vec::new(),
             transcript_scope: TranscriptScope::Session,
             turn_gap_ms: 800,
-            turn_idle_ms: 250,
+            turn_idle_ms: 100,
             language: "fr".into(),
             speech_threshold: 300.0,
             zero_delay: false,
