@@ -540,12 +540,17 @@ pub(crate) async fn result(
     match slot {
         None => error_response(StatusCode::NOT_FOUND, "Session not found", None),
         Some(slot) => {
-            let done = slot.ended.load(Ordering::SeqCst);
-            let s = slot.session.lock().await;
+            // A connected session is locked by its socket: it is still being processed.
+            let result = match slot.session.try_lock() {
+                Ok(s) if slot.ended.load(Ordering::SeqCst) => {
+                    json!({"transcription": s.transcription()})
+                }
+                _ => Value::Null,
+            };
             let body = json!({
                 "id": id,
-                "status": if done { "done" } else { "processing" },
-                "result": if done { json!({"transcription": s.transcription()}) } else { Value::Null },
+                "status": if result.is_null() { "processing" } else { "done" },
+                "result": result,
             });
             (StatusCode::OK, axum::Json(body)).into_response()
         }

@@ -532,3 +532,28 @@ async fn the_final_comes_when_the_client_stops_streaming() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn result_lookup_while_connected_and_after_the_end() {
+    let sim = start(script("[sim]\ntranscripts = [\"Salut\"]")).await;
+    let (init, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &utterance()).await;
+    let url = format!("{}/v2/live/{}", sim.gladia_base_url(), init["id"].as_str().unwrap());
+    let get = || async {
+        tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url))
+            .await
+            .expect("answered while the socket is open")
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await["status"], "processing");
+    send_json(&mut ws, json!({"type": "stop_recording"})).await;
+    read_until_close(&mut ws).await;
+    sim.wait_idle(Duration::from_secs(2)).await;
+    let done = get().await;
+    assert_eq!(done["status"], "done");
+    assert_eq!(done["result"]["transcription"]["full_transcript"], "Salut");
+    sim.shutdown().await;
+}
