@@ -196,9 +196,13 @@ test('microphone and speaker pickers list the devices and switch them during a c
   assert.ok(!mics.some((o) => o.value === 'default'), 'no duplicate "default" entry')
   assert.ok(speakers.length >= 3, `speakers are listed: ${JSON.stringify(speakers)}`)
   await page.selectOption('#mic-select', mics[2].value)
-  await waitClient(page, (m, id) => m.micDeviceId === id && m.isMicStarted, { arg: mics[2].value })
-  const track = await page.evaluate(() => window.micdrop.micStream.getAudioTracks()[0].getSettings().deviceId)
-  assert.equal(track, mics[2].value, 'the new microphone is captured')
+  // The new microphone is captured (the switch is asynchronous: wait for the new track).
+  await waitClient(
+    page,
+    (m, id) => m.micDeviceId === id && m.micStream?.getAudioTracks()[0]?.getSettings().deviceId === id,
+    { arg: mics[2].value, timeout: 5000 },
+  )
+  assert.equal((await clientState(page)).isMicStarted, true)
   await page.selectOption('#speaker-select', speakers[1].value)
   await waitClient(page, (m, id) => m.speakerDeviceId === id, { arg: speakers[1].value })
   assert.equal(await page.evaluate(() => window.micdrop.ctx.sinkId), speakers[1].value, 'playback goes to the chosen speaker')
