@@ -119,6 +119,12 @@ describe('a call from the demo page', () => {
       (reply) => [...document.querySelectorAll('#conversation li[data-role="assistant"]')].some((li) => li.innerText.trim() === reply),
       FIRST_REPLY,
     )
+    // The answer was shown as it was being written (partial messages), then settled.
+    const states = await page.evaluate(() => window.__states)
+    const partials = states.filter((s) => s.items === u + 1 && s.partialShown).map((s) => s.partialShown)
+    assert.ok(partials.length >= 2, `the partial answer grew on the page: ${JSON.stringify(partials)}`)
+    for (const p of partials) assert.ok(FIRST_REPLY.startsWith(p.trim()), `partial ${JSON.stringify(p)} is a prefix of the answer`)
+    assert.equal(await page.locator('#partial').isHidden(), true, 'the partial answer is gone once settled')
   })
 
   test('the answer audio plays', async () => {

@@ -182,3 +182,35 @@ test('a refused microphone shows the Mic error in plain words', async () => {
   assert.deepEqual(st, { started: false, conns: 0 }, 'no socket is opened without a microphone')
   await context.close()
 })
+
+test('microphone and speaker pickers list the devices and switch them during a call', async () => {
+  const s = await standin({ firstMessage: null })
+  const { page, sockets, context } = await openDemo(browser, s.url, { url: s.wsUrl })
+  await page.click('#start')
+  await waitClient(page, (m) => m.isStarted && m.micDevices.length > 0)
+  await page.click('#settings summary')
+  const mics = await page.$$eval('#mic-select option', (os) => os.map((o) => ({ value: o.value, label: o.textContent })))
+  const speakers = await page.$$eval('#speaker-select option', (os) => os.map((o) => ({ value: o.value, label: o.textContent })))
+  assert.equal(mics[0].value, '', 'the first choice is the system default')
+  assert.ok(mics.length >= 3, `Chromium's fake microphones are listed: ${JSON.stringify(mics)}`)
+  assert.ok(!mics.some((o) => o.value === 'default'), 'no duplicate "default" entry')
+  assert.ok(speakers.length >= 3, `speakers are listed: ${JSON.stringify(speakers)}`)
+  await page.selectOption('#mic-select', mics[2].value)
+  // The new microphone is captured (the switch is asynchronous: wait for the new track).
+  await waitClient(
+    page,
+    (m, id) => m.micDeviceId === id && m.micStream?.getAudioTracks()[0]?.getSettings().deviceId === id,
+    { arg: mics[2].value, timeout: 5000 },
+  )
+  assert.equal((await clientState(page)).isMicStarted, true)
+  await page.selectOption('#speaker-select', speakers[1].value)
+  await waitClient(page, (m, id) => m.speakerDeviceId === id, { arg: speakers[1].value })
+  assert.equal(await page.evaluate(() => window.micdrop.ctx.sinkId), speakers[1].value, 'playback goes to the chosen speaker')
+  const st = await clientState(page)
+  assert.equal(st.isStarted, true, 'the call goes on')
+  assert.equal(st.error, null)
+  assert.equal(sockets.length, 1)
+  const stored = await page.evaluate(() => [localStorage.getItem('micdrop.micDeviceId'), localStorage.getItem('micdrop.speakerDeviceId')])
+  assert.deepEqual(stored, [mics[2].value, speakers[1].value], 'the choices are remembered')
+  await context.close()
+})

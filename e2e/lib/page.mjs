@@ -27,7 +27,9 @@ export async function openDemo(browser, base, query = {}, { viewport } = {}) {
   })
   const qs = new URLSearchParams(query).toString()
   await page.goto(`${base}/${qs ? `?${qs}` : ''}`)
-  await page.waitForFunction(() => !!window.micdrop)
+  await page.waitForFunction(() => !!window.micdrop, null, { timeout: 10000 }).catch(() => {
+    throw new Error(`the demo page at ${base}/ did not load (no window.micdrop); page errors: ${errors.join('; ')}`)
+  })
   return { page, context, frames, sockets, errors }
 }
 
@@ -70,6 +72,9 @@ export async function recordStates(page) {
         assistant: s.isAssistantSpeaking,
         processing: s.isProcessing,
         items: s.conversation.length,
+        partial: s.partialAssistantMessage,
+        // The demo renders before this listener runs: what the page shows of the partial answer.
+        partialShown: document.getElementById('partial')?.hidden === false ? document.getElementById('partial').textContent : null,
       })
     })
   })

@@ -35,6 +35,8 @@ use crate::client::{
 
 /// `wait = "answer"` ends once playback is over and no audio has come for this long.
 pub const ANSWER_SETTLE: Duration = Duration::from_millis(150);
+/// How long a speech step waits for its `StopSpeaking` to be logged.
+const STOP_LOGGED_WAIT: Duration = Duration::from_secs(3);
 
 /// Default timeout of waits and expectations.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -766,6 +768,7 @@ impl Runner {
 
     async fn speak(&mut self, samples: &[i16], vad: bool, pace: Pace) -> Result<(), String> {
         let client = self.client()?;
+        let mark = self.log_len();
         let ok = if vad {
             let mut pcm = samples.to_vec();
             pcm.extend(audio::silence(1000));
@@ -773,11 +776,20 @@ impl Runner {
         } else {
             client.say(samples, pace).await
         };
-        if ok {
-            Ok(())
-        } else {
-            Err("the client has stopped".into())
+        if !ok {
+            return Err("the client has stopped".into());
         }
+        // The client task logs what it wrote asynchronously: wait until this turn's
+        // StopSpeaking is logged, so that a following wait looks at what comes after it (and not
+        // at the answer to the previous turn).
+        self.wait_log(mark, STOP_LOGGED_WAIT, |(_, e)| {
+            matches!(
+                e,
+                Logged::Sent(ClientCommand::StopSpeaking) | Logged::Stopped
+            )
+        })
+        .await;
+        Ok(())
     }
 
     async fn interrupt(

@@ -41,6 +41,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// the STT within this time, the client gets `SkipAnswer` (providers have their own, shorter,
 /// transcription timeout; this only guards against a stuck provider).
 pub const DEFAULT_TRANSCRIPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long provider sessions get to close cleanly when a call ends, before being aborted.
+pub const PROVIDER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Capacity of the channel to the writer task (frames); beyond it, frames wait in the call's own
 /// queue so that the call task never blocks on a slow client.
 pub const WRITER_CAPACITY: usize = 64;
@@ -340,6 +342,9 @@ impl Drop for Turn {
     }
 }
 
+/// A turn detector's verdict: (user turn number, complete).
+type Verdict = (u64, bool);
+
 /// The turn detector's verdict on the last user turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Prediction {
@@ -387,8 +392,8 @@ struct CallTask {
     /// prediction, whether an answer waits for it, and the held-turn deadline.
     turn_samples: Vec<i16>,
     prediction: Prediction,
-    predictions_tx: mpsc::Sender<(u64, bool)>,
-    predictions_rx: mpsc::Receiver<(u64, bool)>,
+    /// Created only when a turn detector is configured (channels cost memory per call).
+    predictions: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
     user_turn_seq: u64,
     answer_waits_prediction: bool,
     held_deadline: Option<tokio::time::Instant>,
@@ -405,9 +410,9 @@ struct CallTask {
     sink: Option<SocketSink>,
     control: mpsc::Receiver<Control>,
     stt_tx: Option<mpsc::Sender<SttCommand>>,
-    stt_rx: mpsc::Receiver<SttEvent>,
+    stt_rx: Option<mpsc::Receiver<SttEvent>>,
     tts_tx: Option<mpsc::Sender<TtsCommand>>,
-    tts_rx: mpsc::Receiver<TtsEvent>,
+    tts_rx: Option<mpsc::Receiver<TtsEvent>>,
     providers: Vec<JoinHandle<()>>,
 }
 
@@ -421,9 +426,7 @@ impl CallTask {
             conversation.push(item.clone());
         }
         let (out, out_rx) = mpsc::channel(WRITER_CAPACITY);
-        let (predictions_tx, predictions_rx) = mpsc::channel(4);
-        let (_, stt_rx) = mpsc::channel(1);
-        let (_, tts_rx) = mpsc::channel(1);
+        let predictions = config.turn_detector.is_some().then(|| mpsc::channel(4));
         Self {
             config,
             started: Instant::now(),
@@ -436,8 +439,7 @@ impl CallTask {
             turn: None,
             turn_samples: Vec::new(),
             prediction: Prediction::Complete,
-            predictions_tx,
-            predictions_rx,
+            predictions,
             user_turn_seq: 0,
             answer_waits_prediction: false,
             held_deadline: None,
@@ -452,9 +454,9 @@ impl CallTask {
             sink: Some(sink),
             control,
             stt_tx: None,
-            stt_rx,
+            stt_rx: None,
             tts_tx: None,
-            tts_rx,
+            tts_rx: None,
             providers: Vec::new(),
         }
     }
@@ -469,7 +471,7 @@ impl CallTask {
         self.providers
             .push(tokio::spawn(fut.instrument(tracing::Span::current())));
         self.stt_tx = Some(cmd_tx);
-        self.stt_rx = ev_rx;
+        self.stt_rx = Some(ev_rx);
         if let Some(tts) = &self.config.tts {
             let (cmd_tx, cmd_rx) = mpsc::channel(TTS_COMMAND_CAPACITY);
             let (ev_tx, ev_rx) = mpsc::channel(TTS_EVENT_CAPACITY);
@@ -480,7 +482,7 @@ impl CallTask {
             self.providers
                 .push(tokio::spawn(fut.instrument(tracing::Span::current())));
             self.tts_tx = Some(cmd_tx);
-            self.tts_rx = ev_rx;
+            self.tts_rx = Some(ev_rx);
         }
     }
 
@@ -517,12 +519,14 @@ impl CallTask {
                 msg = stream.next() => Wake::Client(msg),
                 Some(control) = self.control.recv() => Wake::Control(control),
                 ev = recv_turn(&mut self.turn) => Wake::Agent(ev),
-                Some(ev) = self.tts_rx.recv() => Wake::Tts(ev),
-                Some(ev) = self.stt_rx.recv() => Wake::Stt(ev),
+                Some(ev) = recv_opt(self.tts_rx.as_mut()) => Wake::Tts(ev),
+                Some(ev) = recv_opt(self.stt_rx.as_mut()) => Wake::Stt(ev),
                 permit = self.out.clone().reserve_owned(), if !self.out_pending.is_empty() => {
                     Wake::Writable(permit.ok())
                 }
-                Some((seq, complete)) = self.predictions_rx.recv() => Wake::Prediction(seq, complete),
+                Some((seq, complete)) = recv_opt(self.predictions.as_mut().map(|p| &mut p.1)) => {
+                    Wake::Prediction(seq, complete)
+                }
                 _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
                 _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
                 _ = &mut idle => Wake::Idle,
@@ -598,11 +602,23 @@ impl CallTask {
 
         // Release providers and the turn, flush what is queued, then close.
         self.turn = None;
+        // Closing the command channels ends the provider sessions: give them a moment to close
+        // their provider connections cleanly (end the STT session, close the sockets), then
+        // abort whatever still runs.
         self.stt_tx = None;
         self.tts_tx = None;
-        for p in self.providers.drain(..) {
-            p.abort();
-        }
+        let providers: Vec<JoinHandle<()>> = self.providers.drain(..).collect();
+        let release = async move {
+            let aborts: Vec<_> = providers.iter().map(|p| p.abort_handle()).collect();
+            if tokio::time::timeout(PROVIDER_CLOSE_GRACE, futures::future::join_all(providers))
+                .await
+                .is_err()
+            {
+                for a in aborts {
+                    a.abort();
+                }
+            }
+        };
         let out = self.out.clone();
         let pending: Vec<Outgoing> = self.out_pending.drain(..).collect();
         let conversation = self.conversation.to_vec();
@@ -616,7 +632,7 @@ impl CallTask {
             }
             drop(out);
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        let _ = tokio::join!(tokio::time::timeout(Duration::from_secs(2), flush), release);
         if let Some(close) = close {
             let _ = close_tx.send(close);
         } else {
@@ -833,7 +849,9 @@ impl CallTask {
         self.prediction = Prediction::Pending;
         let samples = std::mem::take(&mut self.turn_samples);
         let seq = self.user_turn_seq;
-        let tx = self.predictions_tx.clone();
+        let Some(tx) = self.predictions.as_ref().map(|p| p.0.clone()) else {
+            return;
+        };
         tokio::spawn(async move {
             let complete = detector.predict(samples).await;
             let _ = tx.send((seq, complete)).await;
@@ -1064,6 +1082,13 @@ impl CallTask {
 async fn recv_turn(turn: &mut Option<Turn>) -> Option<AgentEvent> {
     match turn {
         Some(t) => t.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

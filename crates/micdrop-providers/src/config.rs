@@ -266,10 +266,13 @@ impl ProvidersConfig {
             let mut list: Vec<Arc<dyn SpeechToText>> = Vec::new();
             for kind in self.stt.chain() {
                 list.push(match kind {
-                    SttKind::Gladia => Arc::new(GladiaStt::new(
-                        self.stt.gladia.clone(),
-                        self.stt.gladia.key("stt gladia")?,
-                    )?),
+                    SttKind::Gladia => Arc::new(
+                        GladiaStt::new(
+                            self.stt.gladia.clone(),
+                            self.stt.gladia.key("stt gladia")?,
+                        )?
+                        .with_session_host_policy(self.sovereignty.clone()),
+                    ),
                     SttKind::Gradium => Arc::new(GradiumStt::new(
                         self.stt.gradium.clone(),
                         self.stt.gradium.key("stt gradium")?,
@@ -839,6 +842,14 @@ fn gradium_url(
         let s = u.as_str().replacen(u.scheme(), scheme, 1);
         u = parse_url(field, &s)?;
     }
+    // Accept a base given with or without Gradium's `/api` prefix (the real API and the
+    // simulators document their base as `…/api`).
+    let path = if u.path().trim_end_matches('/').ends_with("/api") {
+        let p = path.trim_start_matches('/');
+        p.strip_prefix("api/").unwrap_or(p)
+    } else {
+        path
+    };
     Ok(crate::http::join(&u, path))
 }
 
@@ -848,7 +859,8 @@ fn gradium_url(
 pub struct GradiumSttConfig {
     /// `eu` (default) or `us`.
     pub region: GradiumRegion,
-    /// Host override (`wss://…`, `ws://…`, `http(s)://…`); the path `/api/speech/asr` is added.
+    /// Host override (`wss://…`, `ws://…`, `http(s)://…`); the path `/api/speech/asr` is added
+    /// (`/speech/asr` when the base already ends in `/api`).
     pub base_url: Option<String>,
     /// Environment variable of the key (default `GRADIUM_API_KEY`).
     pub api_key_env: String,
@@ -963,7 +975,8 @@ impl TtsProviderConfig {
 pub struct GradiumTtsConfig {
     /// `eu` (default) or `us`.
     pub region: GradiumRegion,
-    /// Host override; the path `/api/speech/tts` is added.
+    /// Host override; the path `/api/speech/tts` is added (`/speech/tts` after a base ending in
+    /// `/api`).
     pub base_url: Option<String>,
     /// Environment variable of the key (default `GRADIUM_API_KEY`).
     pub api_key_env: String,

@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use crate::audio::{MICDROP_RATE, silence};
-use crate::config::{ConfigError, GladiaConfig};
+use crate::config::{ConfigError, GladiaConfig, SovereigntyConfig, SovereigntyMode};
 use crate::http::{reqwest_error, status_error};
 use crate::retry::RetryPolicy;
 use crate::secret::ApiKey;
@@ -64,6 +64,8 @@ struct Shared {
     keepalive: Duration,
     retry: RetryPolicy,
     partials: bool,
+    /// Under the EU policy, the session URL Gladia returns must be on an allowed host too.
+    ws_policy: Option<SovereigntyConfig>,
 }
 
 impl GladiaStt {
@@ -94,8 +96,18 @@ impl GladiaStt {
                 keepalive: Duration::from_millis(config.keepalive_ms.max(1000)),
                 retry: config.retry(),
                 partials: config.partial_transcripts,
+                ws_policy: None,
             }),
         })
+    }
+
+    /// Refuses session URLs (returned by the init request) whose host `policy` does not allow
+    /// (when `policy.mode` is `eu`).
+    pub fn with_session_host_policy(mut self, policy: SovereigntyConfig) -> Self {
+        if let Some(sh) = Arc::get_mut(&mut self.shared) {
+            sh.ws_policy = (policy.mode == SovereigntyMode::Eu).then_some(policy);
+        }
+        self
     }
 
     /// The init request body.
@@ -432,7 +444,15 @@ impl Session {
                 break;
             }
         }
-        if let Some(ws) = self.ws.take() {
+        if let Some(mut ws) = self.ws.take() {
+            // The call is over: end the Gladia session (a bare close would leave it resumable
+            // until its idle timeout), then close the socket.
+            let stop = json!({"type": "stop_recording"}).to_string();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                ws.send(Message::text(stop)),
+            )
+            .await;
             ws::close(ws).await;
         }
     }
@@ -780,8 +800,9 @@ impl Session {
             self.session_url = None;
         }
         let active = self.turn_open || self.finalizing.is_some();
-        if code == Some(1000) && !active {
-            debug!("gladia session closed while idle; will reopen at the next turn");
+        if !active {
+            // Nothing to transcribe: reopen at the next turn (no retries spent while idle).
+            debug!(error = %kind, "gladia socket closed while idle; will reopen at the next turn");
             return;
         }
         self.lost(kind);
@@ -869,10 +890,22 @@ async fn init(sh: &Shared) -> Result<Url, ConnectFailure> {
         kind: ProviderErrorKind::Protocol(format!("invalid Gladia init response: {e}")),
         fatal: false,
     })?;
-    Url::parse(&parsed.url).map_err(|e| ConnectFailure {
+    let url = Url::parse(&parsed.url).map_err(|e| ConnectFailure {
         kind: ProviderErrorKind::Protocol(format!("invalid Gladia session URL: {e}")),
         fatal: false,
-    })
+    })?;
+    if let Some(policy) = &sh.ws_policy {
+        let host = url.host_str().unwrap_or_default();
+        if !policy.host_allowed(host) {
+            return Err(ConnectFailure {
+                kind: ProviderErrorKind::Config(format!(
+                    "Gladia returned a session on host {host:?}, not allowed by [sovereignty] mode = \"eu\""
+                )),
+                fatal: true,
+            });
+        }
+    }
+    Ok(url)
 }
 
 #[cfg(test)]

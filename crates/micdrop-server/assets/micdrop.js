@@ -887,14 +887,15 @@ export class MicdropClient {
   async updateDevices() {
     if (!globalThis.navigator?.mediaDevices?.enumerateDevices) return
     const raw = await navigator.mediaDevices.enumerateDevices()
+    // The browser's 'default' / 'communications' aliases are dropped (choosing no device means
+    // the system default); the real device behind 'default' comes first.
     const list = (kind) => {
-      const all = raw.filter((d) => d.kind === kind)
+      const all = raw.filter((d) => d.kind === kind && d.deviceId)
       const def = all.find((d) => d.deviceId === 'default')
-      const rest = all.filter((d) => d.deviceId !== 'default')
+      const rest = all.filter((d) => d.deviceId !== 'default' && d.deviceId !== 'communications')
       if (def) {
-        const i = rest.findIndex((d) => d.groupId === def.groupId)
+        const i = rest.findIndex((d) => d.groupId && d.groupId === def.groupId)
         if (i > 0) rest.unshift(rest.splice(i, 1)[0])
-        if (i === -1) rest.unshift(def)
       }
       return rest.map((d, n) => ({
         id: d.deviceId,

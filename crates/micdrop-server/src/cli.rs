@@ -1,19 +1,85 @@
 //! The `serve` command.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::config::Config;
 
 /// Options of `micdrop serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file.
+    /// TOML configuration file (see the README).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    /// Address to listen on (default 127.0.0.1:8080, or `[server] listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Run offline: in-process simulators of Mistral, Gladia and Gradium, reached through the
+    /// real provider clients. No API key, no network.
+    #[arg(long)]
+    pub sim: bool,
+    /// Simulator script (TOML with a `[sim]` section); default: the config's `[sim]` section.
+    #[arg(long, requires = "sim")]
+    pub sim_script: Option<PathBuf>,
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub async fn serve(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the server is being built")
+/// Runs the server until SIGINT/SIGTERM, then stops it cleanly.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let sim = if args.sim {
+        Some(match &args.sim_script {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                micdrop_sim::SimScript::from_toml_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => config.sim.clone().unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    let app = App::start(config, sim).await?;
+    let addr = app.server.local_addr();
+    eprintln!(
+        "micdrop listening: web page http://{addr}/  WebSocket ws://{addr}{}{}",
+        app.path,
+        if app.sim.is_some() {
+            "  (simulated providers)"
+        } else {
+            ""
+        }
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing calls");
+    app.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

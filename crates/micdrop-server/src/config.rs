@@ -26,6 +26,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use micdrop_providers::config::{
+    AgentProviderConfig, ProvidersConfig, SovereigntyConfig, SttProviderConfig, TtsKind,
+    TtsProviderConfig,
+};
+use micdrop_sim::SimScript;
 use serde::Deserialize;
 
 /// Default listen address.
@@ -209,9 +214,29 @@ pub struct Config {
     pub call: CallSection,
     /// `[auth]` (optional).
     pub auth: Option<AuthSection>,
+    /// `[agent]`: the agent's model provider (see docs/providers.md).
+    pub agent: AgentProviderConfig,
+    /// `[stt]`: speech-to-text provider.
+    pub stt: SttProviderConfig,
+    /// `[tts]`: text-to-speech provider (`provider = "none"`: text-only answers).
+    pub tts: TtsProviderConfig,
+    /// `[sovereignty]`: the EU data policy.
+    pub sovereignty: SovereigntyConfig,
+    /// `[sim]`: the simulators' script for `serve --sim` (see docs/simulators.md).
+    pub sim: Option<SimScript>,
 }
 
 impl Config {
+    /// The providers' part of the configuration.
+    pub fn providers(&self) -> ProvidersConfig {
+        ProvidersConfig {
+            agent: self.agent.clone(),
+            stt: self.stt.clone(),
+            tts: (self.tts.provider != TtsKind::None).then(|| self.tts.clone()),
+            sovereignty: self.sovereignty.clone(),
+        }
+    }
+
     /// Parses a TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -253,6 +278,10 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[server] idle_timeout_secs must be at least 1".into(),
             ));
+        }
+        if let Some(sim) = &self.sim {
+            sim.validate()
+                .map_err(|e| ConfigError::Invalid(format!("[sim] {e}")))?;
         }
         if let Some(auth) = &self.auth {
             if auth.bearer_tokens.is_empty() && auth.bearer_tokens_env.is_none() {

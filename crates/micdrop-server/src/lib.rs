@@ -6,8 +6,10 @@
 //! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
 //! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod server;
 
+pub use app::{App, AppError, build_agent};
 pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

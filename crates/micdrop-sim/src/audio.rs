@@ -374,3 +374,54 @@ mod tests {
         assert!(rms(&long) > 1000.0);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn format() -> impl Strategy<Value = SampleFormat> {
+        prop_oneof![
+            Just(SampleFormat::U8),
+            Just(SampleFormat::S16),
+            Just(SampleFormat::S24),
+            Just(SampleFormat::S32),
+            Just(SampleFormat::Ulaw),
+            Just(SampleFormat::Alaw),
+        ]
+    }
+
+    proptest! {
+        /// Any bytes, any split: no panic, and the sample count only depends on the total.
+        #[test]
+        fn decoder_never_panics(fmt in format(), channels in 1usize..4,
+                                data in proptest::collection::vec(any::<u8>(), 0..600),
+                                split in 0usize..600) {
+            let split = split.min(data.len());
+            let mut d = Decoder::new(fmt, channels);
+            let mut n = d.push(&data[..split]).len();
+            n += d.push(&data[split..]).len();
+            let header = wav_data_offset(&data).filter(|_| split >= 12 || split == 0);
+            if header.is_none() && !data.starts_with(b"RIFF") {
+                prop_assert_eq!(n, data.len() / (fmt.bytes() * channels));
+            }
+        }
+
+        #[test]
+        fn wav_offset_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut riff = b"RIFF\0\0\0\0WAVE".to_vec();
+            riff.extend(&data);
+            let _ = wav_data_offset(&data);
+            if let Some(o) = wav_data_offset(&riff) {
+                prop_assert!(o <= riff.len());
+            }
+        }
+
+        #[test]
+        fn resample_length(len in 0usize..2000, from in 8000u32..48001, to in 8000u32..48001) {
+            let x = vec![1i16; len];
+            let y = resample(&x, from, to);
+            prop_assert_eq!(y.len(), if from == to { len } else { (len as u64 * to as u64 / from as u64) as usize });
+        }
+    }
+}

@@ -372,11 +372,18 @@ pub(crate) struct Slot {
     session: Arc<tokio::sync::Mutex<Session>>,
     guard: Mutex<Option<OpenGuard>>,
     ended: AtomicBool,
+    ended_at: Mutex<Option<std::time::Instant>>,
     generation: AtomicU64,
 }
 
+/// Ended sessions are remembered this long (a late reconnection gets 4403, then 4404).
+const FORGET_ENDED: Duration = Duration::from_secs(600);
+
 impl Slot {
     fn end(&self) {
+        if let Ok(mut t) = self.ended_at.lock() {
+            t.get_or_insert_with(std::time::Instant::now);
+        }
         self.ended.store(true, Ordering::SeqCst);
         if let Ok(mut g) = self.guard.lock() {
             g.take();
@@ -434,7 +441,7 @@ pub(crate) async fn init(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let ok = match &script.gladia.api_key {
-        Some(k) => key == k,
+        Some(k) => k.matches(key),
         None => !key.is_empty(),
     };
     if !ok {
@@ -484,13 +491,32 @@ pub(crate) async fn init(
         session: Arc::new(tokio::sync::Mutex::new(session)),
         guard: Mutex::new(Some(state.open_session(Service::Gladia))),
         ended: AtomicBool::new(false),
+        ended_at: Mutex::new(None),
         generation: AtomicU64::new(0),
     });
     if let Ok(mut map) = state.gladia_sessions.lock() {
+        map.retain(|_, s| {
+            s.ended_at
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .is_none_or(|t| t.elapsed() < FORGET_ENDED)
+        });
         map.insert(token.clone(), slot.clone());
     }
     schedule_expiry(&state, &slot);
-    let url = format!("ws://{}/v2/live?token={token}", state.addr);
+    // The session URL uses the host the client reached us by (like the real API's own host).
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| state.addr.to_string());
+    let url = format!("ws://{host}/v2/live?token={token}");
     let mut r = (
         StatusCode::CREATED,
         axum::Json(json!({"id": id, "created_at": iso_now(), "url": url})),
@@ -514,12 +540,17 @@ pub(crate) async fn result(
     match slot {
         None => error_response(StatusCode::NOT_FOUND, "Session not found", None),
         Some(slot) => {
-            let done = slot.ended.load(Ordering::SeqCst);
-            let s = slot.session.lock().await;
+            // A connected session is locked by its socket: it is still being processed.
+            let result = match slot.session.try_lock() {
+                Ok(s) if slot.ended.load(Ordering::SeqCst) => {
+                    json!({"transcription": s.transcription()})
+                }
+                _ => Value::Null,
+            };
             let body = json!({
                 "id": id,
-                "status": if done { "done" } else { "processing" },
-                "result": if done { json!({"transcription": s.transcription()}) } else { Value::Null },
+                "status": if result.is_null() { "processing" } else { "done" },
+                "result": result,
             });
             (StatusCode::OK, axum::Json(body)).into_response()
         }
@@ -628,6 +659,13 @@ pub(crate) struct Session {
     start_session_sent: bool,
     /// Finals waiting for their delay.
     pending: VecDeque<(Instant, Value)>,
+    /// An utterance that stopped, kept while the same user turn may go on: (utterance, end of
+    /// speech, when the end was detected).
+    held: Option<(Utt, f64, Instant)>,
+    /// Silence (audio time) that ends a user turn; 0 = every utterance is its own turn.
+    turn_gap: f64,
+    /// No audio for this long (wall clock) also ends the turn.
+    turn_idle: Duration,
     utterances: Vec<Value>,
     partial_interval: f64,
     max_session_s: f64,
@@ -660,6 +698,9 @@ impl Session {
             ended: false,
             start_session_sent: false,
             pending: VecDeque::new(),
+            held: None,
+            turn_gap: script.turn_gap_ms as f64 / 1000.0,
+            turn_idle: Duration::from_millis(script.turn_idle_ms),
             utterances: Vec::new(),
             partial_interval: (g.partial_interval_ms as f64 / 1000.0).max(0.02),
             max_session_s: g.max_session_ms as f64 / 1000.0,
@@ -720,8 +761,9 @@ impl Session {
         )
     }
 
-    /// Closes the open utterance at `end`: speech_end now, the final after `delay`.
-    fn finish_utt(&mut self, end: f64, now: Instant, delay: Duration, out: &mut Vec<Value>) {
+    /// The open utterance stopped at `end` (endpointing silence): `speech_end` now; its final
+    /// waits while the same user turn may go on (see `turn_gap_ms`), unless merging is off.
+    fn end_speech(&mut self, end: f64, now: Instant, delay: Duration, out: &mut Vec<Value>) {
         let Some(utt) = self.utt.take() else { return };
         if self.cfg.speech_events {
             out.push(self.msg(
@@ -729,15 +771,56 @@ impl Session {
                 json!({"data": {"time": ms(end), "channel": 0}}),
             ));
         }
+        if self.turn_gap > 0.0 {
+            self.finalize_held(now, delay, out);
+            self.held = Some((utt, end, now));
+        } else {
+            self.finalize(utt, end, now, now, delay, out);
+        }
+    }
+
+    /// Sends (or schedules) the final of the held utterance.
+    fn finalize_held(&mut self, now: Instant, delay: Duration, out: &mut Vec<Value>) {
+        if let Some((utt, end, detected)) = self.held.take() {
+            self.finalize(utt, end, detected, now, delay, out);
+        }
+    }
+
+    /// The final of `utt`, due `delay` after its end was detected.
+    fn finalize(
+        &mut self,
+        utt: Utt,
+        end: f64,
+        detected: Instant,
+        now: Instant,
+        delay: Duration,
+        out: &mut Vec<Value>,
+    ) {
         let text = Self::utt_text(&utt, end);
         let fin = self.transcript(&utt, &text, end, true);
         self.utterances.push(fin["data"]["utterance"].clone());
         if self.cfg.finals {
-            if delay.is_zero() {
+            let due = detected + delay;
+            if due <= now && self.pending.is_empty() {
                 out.push(fin);
             } else {
-                self.pending.push_back((now + delay, fin));
+                self.pending.push_back((due.max(now), fin));
             }
+        }
+    }
+
+    /// Closes the open utterance now (stop, session cap): speech_end and its final at once.
+    fn finish_now(&mut self, end: f64, out: &mut Vec<Value>) {
+        let now = Instant::now();
+        self.finalize_held(now, Duration::ZERO, out);
+        if let Some(utt) = self.utt.take() {
+            if self.cfg.speech_events {
+                out.push(self.msg(
+                    "speech_end",
+                    json!({"data": {"time": ms(end), "channel": 0}}),
+                ));
+            }
+            self.finalize(utt, end, now, now, Duration::ZERO, out);
         }
     }
 
@@ -770,16 +853,24 @@ impl Session {
         for ev in self.tracker.push(&samples) {
             match ev {
                 SpeechEvent::Start { time } => {
-                    let id = format!("00_{:08}", self.utt_counter);
-                    self.utt_counter += 1;
-                    let text = self.transcripts.next();
-                    self.utt = Some(Utt {
-                        id,
-                        start: time,
-                        text,
-                        partials: 0,
-                        next_partial_at: time + self.partial_interval,
-                    });
+                    match self.held.take() {
+                        // Speech again soon after: the same user turn goes on.
+                        Some((utt, end, _)) if time - end < self.turn_gap => self.utt = Some(utt),
+                        held => {
+                            self.held = held;
+                            self.finalize_held(now, delay, &mut out);
+                            let id = format!("00_{:08}", self.utt_counter);
+                            self.utt_counter += 1;
+                            let text = self.transcripts.next();
+                            self.utt = Some(Utt {
+                                id,
+                                start: time,
+                                text,
+                                partials: 0,
+                                next_partial_at: time + self.partial_interval,
+                            });
+                        }
+                    }
                     if self.cfg.speech_events {
                         out.push(self.msg(
                             "speech_start",
@@ -787,8 +878,15 @@ impl Session {
                         ));
                     }
                 }
-                SpeechEvent::End { end, .. } => self.finish_utt(end, now, delay, &mut out),
+                SpeechEvent::End { end, .. } => self.end_speech(end, now, delay, &mut out),
             }
+        }
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, end, _)| self.tracker.now() - end >= self.turn_gap)
+        {
+            self.finalize_held(now, delay, &mut out);
         }
         if self.cfg.partials {
             let t = self.tracker.now();
@@ -823,12 +921,11 @@ impl Session {
         }
         self.stopped = true;
         out.extend(self.pending.drain(..).map(|(_, m)| m));
-        if let Some(SpeechEvent::End { end, .. }) = self.tracker.force_end() {
-            self.finish_utt(end, Instant::now(), Duration::ZERO, &mut out);
-        } else if self.utt.is_some() {
-            let end = self.tracker.now();
-            self.finish_utt(end, Instant::now(), Duration::ZERO, &mut out);
-        }
+        let end = match self.tracker.force_end() {
+            Some(SpeechEvent::End { end, .. }) => end,
+            _ => self.tracker.now(),
+        };
+        self.finish_now(end, &mut out);
         if self.cfg.lifecycle {
             out.push(self.msg(
                 "end_recording",
@@ -869,6 +966,7 @@ impl Session {
         let idle = Duration::from_millis(script.gladia.idle_timeout_ms);
         let drop_acks = script.gladia.drop_acks;
         let mut last_audio = Instant::now();
+        let mut chunk_gap = Duration::ZERO;
         if self.cfg.lifecycle && !self.start_session_sent {
             self.start_session_sent = true;
             out.send(&self.msg("start_session", json!({}))).await?;
@@ -927,15 +1025,26 @@ impl Session {
                                 _ => None,
                             }
                         }
-                        Message::Ping(p) => {
-                            out.raw(Message::Pong(p)).await?;
-                            None
+                        // Pings are answered by the WebSocket layer.
+                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Close(frame) => {
+                            // A normal close (1000) ends the recording like stop_recording;
+                            // any other close or a dropped connection leaves the session open
+                            // for a reconnection.
+                            if frame.is_some_and(|f| f.code == 1000) {
+                                let _ = self.closing(false);
+                            }
+                            return Ok(None);
                         }
-                        Message::Close(_) => return Ok(None),
-                        Message::Pong(_) => None,
                     };
                     let Some(audio) = audio else { continue };
-                    last_audio = Instant::now();
+                    let now = Instant::now();
+                    let gap = now.duration_since(last_audio);
+                    if gap < Duration::from_secs(1) {
+                        // Typical interval between audio messages (pauses between turns excluded).
+                        chunk_gap = chunk_gap.mul_f64(0.8) + gap.mul_f64(0.2);
+                    }
+                    last_audio = now;
                     if self.stopped {
                         continue;
                     }
@@ -962,6 +1071,14 @@ impl Session {
                         }
                         out.close(1000, "Maximum session duration reached").await;
                         return Ok(Some(stream));
+                    }
+                }
+                _ = sleep_until_opt(self.held.as_ref().map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
+                    // The client stopped streaming: the user turn is over.
+                    let mut msgs = Vec::new();
+                    self.finalize_held(Instant::now(), delay, &mut msgs);
+                    for m in msgs {
+                        out.send(&m).await?;
                     }
                 }
                 _ = sleep_until_opt(next_final) => {

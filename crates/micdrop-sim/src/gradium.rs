@@ -58,7 +58,7 @@ fn key_ok(script: &SimScript, headers: &HeaderMap, query: &HashMap<String, Strin
         .or_else(|| query.get("token").map(String::as_str))
         .unwrap_or("");
     match &script.gradium.api_key {
-        Some(k) => key == k,
+        Some(k) => k.matches(key),
         None => !key.is_empty(),
     }
 }
@@ -104,7 +104,7 @@ async fn upgrade<F, Fut>(
     run: F,
 ) -> Response
 where
-    F: FnOnce(Arc<SimState>, SplitStream<WebSocket>, Out) -> Fut + Send + 'static,
+    F: FnOnce(Arc<SimState>, SplitStream<WebSocket>, Out, Instant) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Ended>> + Send + 'static,
 {
     let counters = state.counters(service);
@@ -164,16 +164,14 @@ where
             return;
         }
         let shutdown = state.shutdown.clone();
-        let max_session = Duration::from_millis(state.script().gradium.max_session_ms);
-        let fut = run(state.clone(), stream, out);
+        let deadline =
+            Instant::now() + Duration::from_millis(state.script().gradium.max_session_ms);
+        let fut = run(state.clone(), stream, out, deadline);
         tokio::select! {
             r = fut => {
                 if let Err(Ended::Dropped) = r {
                     tracing::debug!("gradium: simulated connection drop");
                 }
-            }
-            _ = tokio::time::sleep(max_session) => {
-                tracing::debug!("gradium: session cap reached");
             }
             _ = shutdown.cancelled() => {}
         }
@@ -290,9 +288,20 @@ fn synthesize(
             return Ok(());
         }
         let t0 = samples.len() as f64 / rate as f64;
-        if use_espeak {
-            let text = run.join(" ");
-            let audio = audio::espeak(&text, voice, speed, rate)?;
+        let spoken = if use_espeak {
+            match audio::espeak(&run.join(" "), voice, speed, rate) {
+                Ok(a) => Some(a),
+                // `auto` falls back to the tone (e.g. a voice espeak-ng does not know).
+                Err(e) if engine == TtsEngine::Auto => {
+                    tracing::warn!("espeak-ng failed, using the tone: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(audio) = spoken {
             let dur = audio.len() as f64 / rate as f64;
             let total: usize = run.iter().map(|w| w.chars().count().max(1)).sum();
             let mut t = t0;
@@ -369,9 +378,9 @@ impl TtsReq {
                 .map(|(i, c)| i + c.len_utf8())
                 .next_back()
                 .unwrap_or(0);
-            // Never cut inside a tag.
+            // Never cut inside a tag (a `<` far from any `>` is plain text, not a tag).
             if let Some(lt) = self.text[..end].rfind('<') {
-                if self.text[lt..end].find('>').is_none() {
+                if !self.text[lt..end].contains('>') && end - lt < 64 {
                     end = lt;
                 }
             }
@@ -444,6 +453,38 @@ impl TtsReq {
             Codec::Alaw => bytes.extend(samples.iter().map(|&s| linear_to_alaw(s))),
         }
         bytes
+    }
+}
+
+impl TtsReq {
+    /// A request used only to encode audio (one-shot HTTP).
+    fn for_encoding(codec: Codec, rate: u32) -> Self {
+        Self {
+            key: None,
+            codec,
+            rate,
+            frame: (rate as f64 * 0.08).round() as usize,
+            voice: String::new(),
+            speed: 175,
+            close_on_eos: true,
+            ready_at: Instant::now(),
+            ready_sent: false,
+            text: String::new(),
+            consumed: 0,
+            items: Vec::new(),
+            eos: false,
+            busy: false,
+            queue: VecDeque::new(),
+            audio: VecDeque::new(),
+            words: VecDeque::new(),
+            synth_t: 0.0,
+            emitted_t: 0.0,
+            first_release: None,
+            next_emit: None,
+            audio_msgs: 0,
+            header_sent: false,
+            done: false,
+        }
     }
 }
 
@@ -833,10 +874,14 @@ impl TtsConn {
     }
 }
 
+/// The error sent when a socket reaches `max_session_ms`.
+const SESSION_CAP: &str = "Maximum session duration reached";
+
 async fn run_tts(
     state: Arc<SimState>,
     mut stream: SplitStream<WebSocket>,
     mut out: Out,
+    deadline: Instant,
 ) -> Result<(), Ended> {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<JobDone>(16);
     let script = state.script();
@@ -868,8 +913,7 @@ async fn run_tts(
                         Message::Binary(_) => {
                             return Err(fail(&mut out, "Binary messages are not supported", 1008, None).await);
                         }
-                        Message::Ping(p) => out.raw(Message::Pong(p)).await?,
-                        Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) => {}
                         Message::Close(_) => return Ok(()),
                     }
                 }
@@ -880,6 +924,9 @@ async fn run_tts(
                     }
                 }
                 _ = sleep_until_opt(due) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(fail(&mut out, SESSION_CAP, 1008, None).await);
+                }
             }
             if conn.emit_due(&mut out).await? {
                 out.close(1000, "end of stream").await;
@@ -903,6 +950,142 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TTS one-shot HTTP
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `POST /api/post/speech/tts`: the whole text at once; raw audio (`only_audio`) or the
+/// WebSocket messages as NDJSON. Errors before streaming are HTTP 500 with a plain-text body.
+pub(crate) async fn tts_post(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let counters = state.counters(Service::GradiumTts);
+    counters.request();
+    if let Some(f) = state.take_fault(Service::GradiumTts, |k| {
+        matches!(k, FaultKind::Status | FaultKind::Hang)
+    }) {
+        if f.kind == FaultKind::Hang {
+            state.shutdown.cancelled().await;
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        let status = StatusCode::from_u16(f.status.unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return plain(
+            status,
+            format!("error from server 1011: simulated {}", status.as_u16()),
+        );
+    }
+    let script = state.script();
+    let err = |msg: &str| {
+        plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("error from server 1008: {msg}"),
+        )
+    };
+    if !key_ok(&script, &headers, &HashMap::new()) {
+        counters.reject();
+        return err("API key is revoked or expired");
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        counters.reject();
+        return err("invalid JSON body");
+    };
+    let Some(text) = v["text"].as_str().map(str::to_string) else {
+        counters.reject();
+        return err("text is required");
+    };
+    let Some(voice_id) = v["voice_id"].as_str().map(str::to_string) else {
+        counters.reject();
+        return err("voice_id is required");
+    };
+    let fmt_name = v["output_format"].as_str().unwrap_or("");
+    let Some((codec, rate)) = parse_format(fmt_name) else {
+        counters.reject();
+        return err(&format!("Invalid output_format: {fmt_name}"));
+    };
+    if voice_id == "default" {
+        counters.reject();
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error from server 1011: Embeddings not found for default".into(),
+        );
+    }
+    let cfg = match &v["json_config"] {
+        Value::String(st) => serde_json::from_str::<Value>(st).unwrap_or(Value::Null),
+        o => o.clone(),
+    };
+    let rate = if rate == 0 { 48000 } else { rate };
+    let voice = script
+        .gradium
+        .voices
+        .get(&voice_id)
+        .cloned()
+        .or_else(|| cfg["rewrite_rules"].as_str().map(str::to_string))
+        .unwrap_or_else(|| script.language.clone());
+    let _guard = state.open_session(Service::GradiumTts);
+    let items = parse_items(&text);
+    let engine = script.tts_engine;
+    let synth = tokio::task::spawn_blocking(move || synthesize(&items, engine, &voice, 175, rate))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let (samples, words) = match synth {
+        Ok(s) => s,
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("error from server 1011: {e}"),
+            );
+        }
+    };
+    let frame = (rate as f64 * 0.08).round() as usize;
+    let mut req_codec = TtsReq::for_encoding(codec, rate);
+    if v["only_audio"].as_bool() == Some(true) {
+        let bytes = req_codec.encode(&samples);
+        let ct = match codec {
+            Codec::Wav => "audio/wav",
+            _ => "audio/pcm",
+        };
+        return ([(axum::http::header::CONTENT_TYPE, ct)], bytes).into_response();
+    }
+    let mut lines = Vec::new();
+    lines.push(
+        json!({"type": "ready", "request_id": uuid::Uuid::new_v4().to_string(),
+        "model_name": v["model_name"].as_str().unwrap_or("default"), "sample_rate": rate,
+        "frame_size": frame, "audio_stream_names": ["tts"], "text_stream_names": ["tts"]}),
+    );
+    for (w, s0, s1) in &words {
+        lines.push(json!({"type": "text", "text": w, "start_s": ms(*s0), "stop_s": ms(*s1), "stream_id": 0}));
+    }
+    for (i, chunk) in samples.chunks(frame.max(1)).enumerate() {
+        let t0 = i as f64 * 0.08;
+        let bytes = req_codec.encode(chunk);
+        lines.push(
+            json!({"type": "audio", "audio": B64.encode(&bytes), "start_s": ms(t0),
+            "stop_s": ms(t0 + chunk.len() as f64 / rate as f64), "stream_id": 0}),
+        );
+    }
+    lines.push(json!({"type": "end_of_stream"}));
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
 // STT
 
 /// `GET /api/speech/asr` (WebSocket).
@@ -921,7 +1104,14 @@ const STT_LANGUAGES: &[&str] = &["en", "fr", "de", "es", "pt"];
 struct SUtt {
     words: Option<Vec<String>>,
     revealed: usize,
+    /// Start of the user turn.
     start: f64,
+    /// Start of the current speech segment of the turn.
+    seg_start: f64,
+    /// Speech time of the turn's earlier segments.
+    base: f64,
+    /// End of speech while the turn may go on (see `turn_gap_ms`).
+    held: Option<f64>,
 }
 
 struct SttSession {
@@ -935,6 +1125,8 @@ struct SttSession {
     step_idx: u64,
     delay_s: f64,
     word_interval: f64,
+    /// See `SimScript::turn_gap_ms`.
+    turn_gap: f64,
     endpointing: f64,
     min_speech: f64,
     threshold: f64,
@@ -965,6 +1157,9 @@ impl SttSession {
             words,
             revealed: 0,
             start: time,
+            seg_start: time,
+            base: 0.0,
+            held: None,
         });
     }
 
@@ -1050,21 +1245,49 @@ impl SttSession {
             for ev in events {
                 match ev {
                     SpeechEvent::Start { time } => {
-                        self.start_utt(time);
+                        let resume = self
+                            .utt
+                            .as_ref()
+                            .and_then(|u| u.held)
+                            .is_some_and(|end| time - end < self.turn_gap);
+                        if let (true, Some(u)) = (resume, self.utt.as_mut()) {
+                            // The same user turn goes on.
+                            u.held = None;
+                            u.seg_start = time;
+                        } else {
+                            self.end_held(now);
+                            self.start_utt(time);
+                        }
                     }
-                    SpeechEvent::End { start, end } => {
-                        let at = (end + self.delay_s).max(now);
-                        self.end_utt(start, end, at);
+                    SpeechEvent::End { end, .. } => {
+                        if self.turn_gap > 0.0 {
+                            if let Some(u) = self.utt.as_mut() {
+                                u.base += (end - u.seg_start).max(0.0);
+                                u.held = Some(end);
+                            }
+                        } else if let Some(start) = self.utt.as_ref().map(|u| u.start) {
+                            let at = (end + self.delay_s).max(now);
+                            self.end_utt(start, end, at);
+                        }
                     }
                 }
             }
+            if self
+                .utt
+                .as_ref()
+                .and_then(|u| u.held)
+                .is_some_and(|end| now - end >= self.turn_gap)
+            {
+                self.end_held(now);
+            }
             // Reveal words while the user speaks (the last one waits for the end).
-            let voiced = self
+            let voiced_now = self
                 .tracker
                 .as_ref()
                 .map(|t| t.voiced_in_utterance())
                 .unwrap_or(0.0);
             if let Some(u) = self.utt.as_mut() {
+                let voiced = u.base + if u.held.is_some() { 0.0 } else { voiced_now };
                 if let Some(words) = &u.words {
                     while u.revealed + 1 < words.len()
                         && voiced >= (u.revealed + 1) as f64 * self.word_interval
@@ -1091,14 +1314,23 @@ impl SttSession {
         }
     }
 
+    /// Ends a held turn: its remaining words are due `delay_in_frames` after its end.
+    fn end_held(&mut self, now: f64) {
+        if let Some((start, end)) = self.utt.as_ref().and_then(|u| u.held.map(|e| (u.start, e))) {
+            self.end_utt(start, end, (end + self.delay_s).max(now));
+        }
+    }
+
     /// Flush / end of stream: finish the open utterance and emit everything.
     fn finish(&mut self, out: &mut Vec<Value>) {
         let now = self.now();
-        if let Some(SpeechEvent::End { start, end }) = self.tracker().force_end() {
-            self.end_utt(start, end, now);
+        if let Some(SpeechEvent::End { end, .. }) = self.tracker().force_end() {
+            if let Some(start) = self.utt.as_ref().map(|u| u.start) {
+                self.end_utt(start, end, now);
+            }
         } else if let Some(u) = &self.utt {
-            let start = u.start;
-            self.end_utt(start, now, now);
+            let (start, end) = (u.start, u.held.unwrap_or(now));
+            self.end_utt(start, end, now);
         }
         self.release(true, out);
     }
@@ -1108,6 +1340,7 @@ async fn run_stt(
     state: Arc<SimState>,
     mut stream: SplitStream<WebSocket>,
     mut out: Out,
+    deadline: Instant,
 ) -> Result<(), Ended> {
     let script = state.script();
     let g = &script.gradium;
@@ -1124,6 +1357,7 @@ async fn run_stt(
         step_idx: 0,
         delay_s: 0.0,
         word_interval: g.stt_word_interval_ms as f64 / 1000.0,
+        turn_gap: script.turn_gap_ms as f64 / 1000.0,
         endpointing: g.stt_endpointing_ms as f64 / 1000.0,
         min_speech: g.stt_min_speech_ms as f64 / 1000.0,
         threshold: script.speech_threshold,
@@ -1137,6 +1371,9 @@ async fn run_stt(
             let msg = tokio::select! {
                 m = stream.next() => m,
                 _ = state.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(fail(&mut out, SESSION_CAP, 1008, None).await);
+                }
             };
             let Some(Ok(msg)) = msg else { return Ok(()) };
             let v: Value = match msg {
@@ -1147,11 +1384,8 @@ async fn run_stt(
                 Message::Binary(_) => {
                     return Err(fail(&mut out, "Binary messages are not supported", 1008, None).await);
                 }
-                Message::Ping(p) => {
-                    out.raw(Message::Pong(p)).await?;
-                    continue;
-                }
-                Message::Pong(_) => continue,
+                // Pings are answered by the WebSocket layer.
+                Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Close(_) => return Ok(()),
             };
             let ty = v["type"].as_str().unwrap_or("");
@@ -1298,5 +1532,40 @@ mod tests {
         assert_eq!(parse_format("pcm_16000"), Some((Codec::Pcm, 16000)));
         assert_eq!(parse_format("mulaw_8000"), Some((Codec::Ulaw, 8000)));
         assert_eq!(parse_format("mp3"), None);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any client text: no panic, and every plain word comes out in order.
+        #[test]
+        fn parse_items_keeps_plain_words(text in "[a-zé<>/=\" .0-9]{0,80}") {
+            let items = parse_items(&text);
+            if !text.contains('<') {
+                let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+                let got: Vec<String> = items.into_iter().filter_map(|i| match i { Item::Word(w) => Some(w), _ => None }).collect();
+                prop_assert_eq!(got, words);
+            }
+        }
+
+        /// Streaming text in arbitrary pieces releases exactly the words of the whole text.
+        #[test]
+        fn release_is_complete_at_end_of_stream(pieces in proptest::collection::vec("[a-z]{0,5}[ ,.]{0,2}", 0..12)) {
+            let mut r = TtsReq::for_encoding(Codec::Pcm, 16000);
+            for p in &pieces {
+                r.text.push_str(p);
+                r.release(2);
+            }
+            r.eos = true;
+            r.release(2);
+            let released: Vec<String> = r.queue.iter().flat_map(|(items, _)| items.iter().filter_map(|i| match i { Item::Word(w) => Some(w.clone()), _ => None })).collect();
+            let expected: Vec<String> = pieces.concat().split_whitespace().map(str::to_string).collect();
+            prop_assert_eq!(released, expected);
+            prop_assert!(r.items.is_empty());
+        }
     }
 }

@@ -77,6 +77,13 @@ impl Simulators {
         let app = router(state.clone());
         let shutdown = state.shutdown.clone();
         let server = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Small frames (acks, tokens, 80 ms audio) must not wait for delayed ACKs (Nagle).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY: {e}");
+                }
+            });
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await;
@@ -97,6 +104,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/v2/live/{id}", get(gladia::result))
         .route("/api/speech/tts", get(gradium::tts))
         .route("/api/speech/asr", get(gradium::stt))
+        .route("/api/post/speech/tts", post(gradium::tts_post))
         .route("/v1/chat/completions", post(mistral::chat_completions))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::script::{FaultKind, ScriptedReply, SimScript};
-use crate::state::{Service, SimState, alnum, hex, unix_now};
+use crate::state::{Service, SimState, alnum, first_half, hex, unix_now};
 
 const TOP_LEVEL: &[&str] = &[
     "model",
@@ -145,7 +145,7 @@ pub(crate) async fn chat_completions(
         .map(str::trim)
         .unwrap_or("");
     let authorized = match &script.mistral.api_key {
-        Some(k) => token == k,
+        Some(k) => k.matches(token),
         None => !token.is_empty(),
     };
     if !authorized {
@@ -280,7 +280,7 @@ pub(crate) async fn chat_completions(
         if cut {
             // A body that fails mid-way: the client sees a broken connection.
             let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from(body.to_string()[..20].to_string())),
+                Ok(Bytes::from(first_half(&body.to_string()))),
                 Err(std::io::Error::other("simulated drop")),
             ];
             return response_with_body(
@@ -290,8 +290,7 @@ pub(crate) async fn chat_completions(
             );
         }
         if matches!(fault.as_ref().map(|f| f.kind), Some(FaultKind::Malformed)) {
-            let mut s = body.to_string();
-            s.truncate(s.len() / 2);
+            let s = first_half(&body.to_string());
             return response_with_body(Body::from(s), "application/json", remaining);
         }
         return json_response(StatusCode::OK, body, remaining);
@@ -381,7 +380,7 @@ pub(crate) async fn chat_completions(
                 _ = shutdown.cancelled() => return,
             }
             let data = if malformed_at == Some(i) {
-                data[..data.len() / 2].to_string()
+                first_half(&data)
             } else {
                 data
             };
@@ -1201,5 +1200,63 @@ mod tests {
                 .unwrap()
                 .starts_with("Expected last role")
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("user"),
+                Just("assistant"),
+                Just("tool"),
+                Just("system"),
+                Just("x")
+            ]
+            .prop_map(Value::from),
+            "[a-z_]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("messages".to_string()),
+                        Just("tool_calls".to_string()),
+                        Just("function".to_string()),
+                        Just("tools".to_string()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary request bodies never panic the validators.
+        #[test]
+        fn validators_never_panic(v in json_value()) {
+            let _ = validate_schema(&v);
+            if validate_schema(&v).is_empty() {
+                let _ = validate_semantics(&v);
+            }
+        }
+
+        #[test]
+        fn tokenize_round_trips(text in "\\PC{0,60}") {
+            prop_assert_eq!(tokenize(&text).concat(), text);
+        }
     }
 }

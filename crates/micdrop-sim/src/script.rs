@@ -27,6 +27,14 @@ pub struct SimScript {
     /// all sessions share one cursor (`global`, useful when a client reconnects with a new
     /// session and the conversation must go on).
     pub transcript_scope: TranscriptScope,
+    /// Silence (audio time) after which the next speech is a new user turn. Speech that resumes
+    /// sooner continues the same turn: same transcript entry, same Gladia utterance (its final
+    /// waits), same Gradium segment. 0: every endpointed utterance is a turn of its own.
+    pub turn_gap_ms: u64,
+    /// A held turn also ends when no audio arrives for this long (wall clock; at least three
+    /// times the usual interval between the client's audio messages): the client stopped
+    /// streaming at the end of its turn.
+    pub turn_idle_ms: u64,
     /// Language of the simulated speech and of the default chat answers (`fr`, `en`, ...).
     pub language: String,
     /// RMS energy (on the signed 16-bit scale, 0..32767) above which a 20 ms frame is speech.
@@ -48,6 +56,8 @@ impl Default for SimScript {
         Self {
             transcripts: Vec::new(),
             transcript_scope: TranscriptScope::Session,
+            turn_gap_ms: 800,
+            turn_idle_ms: 100,
             language: "fr".into(),
             speech_threshold: 300.0,
             zero_delay: false,
@@ -56,6 +66,41 @@ impl Default for SimScript {
             gradium: GradiumScript::default(),
             mistral: MistralScript::default(),
         }
+    }
+}
+
+/// The API key a simulated service accepts. Its `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SimKey(String);
+
+impl SimKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// Whether `candidate` is this key.
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.0 == candidate
+    }
+}
+
+impl From<&str> for SimKey {
+    fn from(key: &str) -> Self {
+        Self::new(key)
+    }
+}
+
+impl From<String> for SimKey {
+    fn from(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl std::fmt::Debug for SimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimKey(***)")
     }
 }
 
@@ -88,7 +133,7 @@ pub enum TtsEngine {
 #[serde(default, deny_unknown_fields)]
 pub struct GladiaScript {
     /// The only accepted `x-gladia-key` (any non-empty key when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Concurrency limit on live sessions (init answers 429 above it).
     pub max_sessions: usize,
     /// Wall-clock delay between the end of an utterance and its final transcript.
@@ -131,7 +176,7 @@ impl Default for GladiaScript {
 #[serde(default, deny_unknown_fields)]
 pub struct GradiumScript {
     /// The only accepted `x-api-key` (any non-empty key when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Concurrency limit per product (TTS sockets, STT sockets): error 1008 above it.
     pub max_sessions: usize,
     /// Maximum duration of one socket (wall clock), then error 1008 and close.
@@ -150,7 +195,8 @@ pub struct GradiumScript {
     /// TTS: espeak-ng voice per Gradium `voice_id` (otherwise `json_config.rewrite_rules`, then
     /// the script language).
     pub voices: BTreeMap<String, String>,
-    /// STT: silence after speech that closes a segment (`end_text`).
+    /// STT: silence after speech that ends it (the `step` inactivity probability of the 2 s
+    /// horizon passes 0.5 there); the segment (`end_text`) ends after `turn_gap_ms`.
     pub stt_endpointing_ms: u64,
     /// STT: continuous speech needed before a segment starts.
     pub stt_min_speech_ms: u64,
@@ -191,7 +237,7 @@ impl Default for GradiumScript {
 #[serde(default, deny_unknown_fields)]
 pub struct MistralScript {
     /// The only accepted bearer token (any non-empty token when unset).
-    pub api_key: Option<String>,
+    pub api_key: Option<SimKey>,
     /// Time to first token (after the role chunk).
     pub ttft_ms: u64,
     /// Delay between two content chunks.
@@ -402,5 +448,70 @@ impl SimScript {
             return Err(SimError::Script("tts_realtime_factor must be >= 0".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_sim_table_of_a_serve_config() {
+        let s = SimScript::from_toml_str(
+            r#"
+listen = "127.0.0.1:8080"
+[providers]
+stt = "gladia"
+[sim]
+transcripts = ["Bonjour", "Quelle heure est-il ?"]
+[sim.mistral]
+ttft_ms = 10
+faults = [{ kind = "status", status = 429, times = 2 }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.transcripts, ["Bonjour", "Quelle heure est-il ?"]);
+        assert_eq!(s.mistral.ttft_ms, 10);
+        assert_eq!(s.mistral.inter_token_ms, 30, "defaults kept");
+        assert_eq!(s.mistral.faults, [Fault::status(429).times(2)]);
+        assert_eq!(s.gladia, GladiaScript::default());
+    }
+
+    #[test]
+    fn reads_a_bare_table_and_embeds_as_an_option() {
+        let s = SimScript::from_toml_str("transcripts = [\"Salut\"]\nzero_delay = true").unwrap();
+        assert!(s.zero_delay);
+        #[derive(Deserialize)]
+        struct Config {
+            sim: Option<SimScript>,
+        }
+        let c: Config = toml::from_str("[sim]\nlanguage = \"en\"").unwrap();
+        assert_eq!(c.sim.unwrap().language, "en");
+        let c: Config = toml::from_str("").unwrap();
+        assert!(c.sim.is_none());
+    }
+
+    #[test]
+    fn keys_never_show_in_debug_output() {
+        let s = SimScript::from_toml_str("[sim.mistral]\napi_key = \"secret-123\"").unwrap();
+        assert!(s.mistral.api_key.as_ref().unwrap().matches("secret-123"));
+        assert!(!format!("{s:?}").contains("secret-123"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_faults() {
+        assert!(SimScript::from_toml_str("[sim]\ntranscript = [\"x\"]").is_err());
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"status\" }]").is_err()
+        );
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"close\", code = 1006 }]")
+                .is_err()
+        );
+        assert!(
+            SimScript::from_toml_str("[sim.gladia]\nfaults = [{ kind = \"explode\" }]").is_err()
+        );
+        let e = SimScript::from_toml_str("[sim]\nspeech_threshold = -1.0").unwrap_err();
+        assert!(e.to_string().contains("speech_threshold"));
     }
 }

@@ -336,6 +336,15 @@ pub(crate) fn hex(n: usize) -> String {
         .collect()
 }
 
+/// The first half of `s` (cut on a character boundary): malformed JSON for fault injection.
+pub(crate) fn first_half(s: &str) -> String {
+    let mut i = s.len() / 2;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    s[..i].to_string()
+}
+
 /// Rounds seconds to milliseconds (wire times look like `0.188`).
 pub(crate) fn ms(t: f64) -> f64 {
     (t * 1000.0).round() / 1000.0
@@ -366,6 +375,14 @@ mod tests {
         assert_eq!(s.len(), 24, "{s}");
         assert!(s.ends_with('Z') && &s[4..5] == "-" && &s[10..11] == "T" && &s[19..20] == ".");
         assert!(s.starts_with("20"));
+    }
+
+    #[test]
+    fn first_half_cuts_on_char_boundaries() {
+        assert_eq!(first_half("{\"a\":1}"), "{\"a");
+        for s in ["«»", "éé", "a«b", ""] {
+            assert!(first_half(s).len() <= s.len() / 2);
+        }
     }
 
     #[test]

@@ -53,8 +53,7 @@ impl Out {
                 }
                 FaultKind::Malformed if self.sent == f.after_messages => {
                     self.sent += 1;
-                    let mut s = v.to_string();
-                    s.truncate(s.len() / 2);
+                    let s = crate::state::first_half(&v.to_string());
                     return self
                         .sink
                         .send(Message::Text(s.into()))
@@ -69,11 +68,6 @@ impl Out {
             .send(Message::Text(v.to_string().into()))
             .await
             .map_err(|_| Ended::PeerGone)
-    }
-
-    /// Sends a raw frame (pong).
-    pub(crate) async fn raw(&mut self, m: Message) -> Result<(), Ended> {
-        self.sink.send(m).await.map_err(|_| Ended::PeerGone)
     }
 
     /// Sends a close frame (once).

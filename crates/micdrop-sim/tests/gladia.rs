@@ -51,10 +51,10 @@ async fn send_audio(ws: &mut Ws, audio: &[u8]) {
     }
 }
 
-/// One utterance: 1 s of speech then 0.5 s of silence.
+/// One user turn: 1 s of speech then 1 s of silence (more than the 0.8 s turn gap).
 fn utterance() -> Vec<u8> {
     let mut a = speech(RATE, 1.0);
-    a.extend(silence(RATE, 0.5));
+    a.extend(silence(RATE, 1.0));
     a
 }
 
@@ -212,7 +212,7 @@ async fn partials_and_final_share_the_utterance_id_in_spec_order() {
     assert!(pos(&|m| m["type"] == "speech_end") < pos(&|m| m["data"]["is_final"] == true));
     // Acks: contiguous exclusive byte ranges, times from the format.
     let acks: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "audio_chunk").collect();
-    assert_eq!(acks.len(), 30);
+    assert_eq!(acks.len(), 40);
     let mut prev = 0;
     for a in &acks {
         assert_eq!(a["acknowledged"], true);
@@ -221,11 +221,11 @@ async fn partials_and_final_share_the_utterance_id_in_spec_order() {
         assert_eq!(r[0].as_u64().unwrap(), prev);
         prev = r[1].as_u64().unwrap();
     }
-    assert_eq!(prev, 2 * 3 * RATE as u64);
+    assert_eq!(prev, 2 * 4 * RATE as u64);
     assert_eq!(acks[0]["data"]["time_range"], json!([0.0, 0.1]));
     let stop = &msgs[t.iter().position(|t| t == "stop_recording").unwrap()];
     assert_eq!(stop["acknowledged"], true);
-    assert_eq!(stop["data"]["recording_duration"], 3.0);
+    assert_eq!(stop["data"]["recording_duration"], 4.0);
     let post = msgs
         .iter()
         .find(|m| m["type"] == "post_final_transcript")
@@ -389,5 +389,175 @@ async fn oversized_frame_and_second_stop() {
         .unwrap();
     let (_, code) = read_until_close(&mut ws).await;
     assert_eq!(code, Some(1009));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_close_1000_ends_the_session_other_closes_keep_it() {
+    let sim = start(SimScript::default()).await;
+    let (init, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &silence(RATE, 0.2)).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    drop(ws);
+    let c = sim.wait_idle(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.gladia.open_sessions, 1,
+        "1001: the session waits for a reconnection"
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    send_audio(&mut ws, &silence(RATE, 0.2)).await;
+    ws.close(None).await.unwrap(); // no code
+    drop(ws);
+    assert_eq!(
+        sim.wait_idle(Duration::from_millis(300))
+            .await
+            .gladia
+            .open_sessions,
+        1
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    drop(ws);
+    assert_eq!(
+        sim.wait_idle(Duration::from_secs(2)).await.open(),
+        0,
+        "1000 ends the recording"
+    );
+    let mut ws = connect(init["url"].as_str().unwrap(), &[]).await;
+    let (_, code) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(4403));
+    sim.shutdown().await;
+}
+
+fn turn_with_pause() -> Vec<u8> {
+    let mut a = speech(RATE, 0.6);
+    a.extend(silence(RATE, 0.3));
+    a.extend(speech(RATE, 0.6));
+    a.extend(silence(RATE, 1.0));
+    a
+}
+
+#[tokio::test]
+async fn a_pause_inside_a_turn_keeps_one_script_entry_and_one_final() {
+    let sim = start(script(
+        "[sim]\ntranscripts = [\"Bonjour, quelle heure est-il ?\", \"Merci\"]",
+    ))
+    .await;
+    let (_, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &turn_with_pause()).await;
+    send_audio(&mut ws, &utterance()).await;
+    send_json(&mut ws, json!({"type": "stop_recording"})).await;
+    let (msgs, _) = read_until_close(&mut ws).await;
+    let t: Vec<String> = types(&msgs)
+        .into_iter()
+        .filter(|t| t != "audio_chunk")
+        .collect();
+    let speech: Vec<&str> = t
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("speech") || *t == "transcript")
+        .collect();
+    assert_eq!(
+        speech,
+        [
+            "speech_start",
+            "speech_end",
+            "speech_start",
+            "speech_end",
+            "transcript",
+            "speech_start",
+            "speech_end",
+            "transcript"
+        ]
+    );
+    let finals: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "transcript").collect();
+    assert_eq!(
+        finals[0]["data"]["utterance"]["text"],
+        " Bonjour, quelle heure est-il ?"
+    );
+    assert!((finals[0]["data"]["utterance"]["end"].as_f64().unwrap() - 1.5).abs() < 0.05);
+    assert_eq!(finals[1]["data"]["utterance"]["text"], " Merci");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn turn_gap_zero_makes_every_utterance_a_turn() {
+    let sim = start(script(
+        "[sim]\nturn_gap_ms = 0\ntranscripts = [\"Bonjour,\", \"quelle heure est-il ?\"]",
+    ))
+    .await;
+    let (_, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &turn_with_pause()).await;
+    send_json(&mut ws, json!({"type": "stop_recording"})).await;
+    let (msgs, _) = read_until_close(&mut ws).await;
+    let texts: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["type"] == "transcript")
+        .map(|m| m["data"]["utterance"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, [" Bonjour,", " quelle heure est-il ?"]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_final_comes_when_the_client_stops_streaming() {
+    let sim = start(script("[sim]\ntranscripts = [\"Oui\"]\nturn_idle_ms = 150")).await;
+    let (_, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    // The turn's end: 0.3 s of silence only (less than the turn gap), then nothing.
+    let mut a = speech(RATE, 0.6);
+    a.extend(silence(RATE, 0.4));
+    send_audio(&mut ws, &a).await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "transcript" {
+            assert_eq!(m["data"]["utterance"]["text"], " Oui");
+            break;
+        }
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(120),
+        "{:?}",
+        t0.elapsed()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn result_lookup_while_connected_and_after_the_end() {
+    let sim = start(script("[sim]\ntranscripts = [\"Salut\"]")).await;
+    let (init, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    send_audio(&mut ws, &utterance()).await;
+    let url = format!(
+        "{}/v2/live/{}",
+        sim.gladia_base_url(),
+        init["id"].as_str().unwrap()
+    );
+    let get = || async {
+        tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url))
+            .await
+            .expect("answered while the socket is open")
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await["status"], "processing");
+    send_json(&mut ws, json!({"type": "stop_recording"})).await;
+    read_until_close(&mut ws).await;
+    sim.wait_idle(Duration::from_secs(2)).await;
+    let done = get().await;
+    assert_eq!(done["status"], "done");
+    assert_eq!(done["result"]["transcription"]["full_transcript"], "Salut");
     sim.shutdown().await;
 }

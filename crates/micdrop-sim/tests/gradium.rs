@@ -443,3 +443,143 @@ async fn tts_auto_engine_speaks_real_speech_when_espeak_is_installed() {
     assert!(rms > 300.0, "audible: rms {rms}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn tts_auto_falls_back_to_the_tone_and_espeak_engine_reports_errors() {
+    // An espeak voice that does not exist: `auto` still speaks (tone), `espeak` fails with 1011
+    // when espeak-ng is installed (and when it is not).
+    for (engine, ok) in [("auto", true), ("espeak", false)] {
+        let sim = start(script(&format!(
+            "[sim]\ntts_engine = \"{engine}\"\n[sim.gradium]\nvoices = {{ v = \"zz\" }}"
+        )))
+        .await;
+        let mut ws = tts(&sim).await;
+        send_json(
+            &mut ws,
+            json!({"type": "setup", "voice_id": "v", "output_format": "pcm_16000"}),
+        )
+        .await;
+        send_json(&mut ws, json!({"type": "text", "text": "Bonjour."})).await;
+        send_json(&mut ws, json!({"type": "end_of_stream"})).await;
+        let (msgs, code) = read_until_close(&mut ws).await;
+        if ok {
+            assert_eq!(code, Some(1000), "{engine}");
+            assert!(!audio_bytes(&msgs).is_empty());
+        } else {
+            assert_eq!(code, Some(1011), "{engine}");
+            assert_eq!(msgs.last().unwrap()["type"], "error");
+        }
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn session_cap_sends_error_1008_and_closes() {
+    let sim = start(script("[sim.gradium]\nmax_session_ms = 200")).await;
+    for path in ["tts", "asr"] {
+        let mut ws = connect(&format!("{}/speech/{path}", sim.gradium_base_url()), &[KEY]).await;
+        let t0 = std::time::Instant::now();
+        let (msgs, code) = read_until_close(&mut ws).await;
+        assert!(t0.elapsed() >= Duration::from_millis(150), "{path}");
+        assert_eq!(
+            msgs,
+            [json!({"type": "error", "message": "Maximum session duration reached", "code": 1008})],
+            "{path}"
+        );
+        assert_eq!(code, Some(1008), "{path}");
+    }
+    assert_eq!(sim.wait_idle(Duration::from_secs(2)).await.open(), 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_shot_http_tts_streams_ndjson_or_raw_audio_and_errors_in_plain_text() {
+    let sim = start(tone_script("")).await;
+    let url = format!("http://{}/api/post/speech/tts", sim.addr());
+    let client = reqwest::Client::new();
+    let body =
+        json!({"text": "Bonjour tout le monde", "voice_id": "v", "output_format": "pcm_16000"});
+    let r = client
+        .post(&url)
+        .header("x-api-key", "k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "ready");
+    assert_eq!(lines.last().unwrap()["type"], "end_of_stream");
+    assert_eq!(lines.iter().filter(|l| l["type"] == "text").count(), 4);
+    let decoded: usize = audio_bytes(&lines).len();
+    let mut raw_body = body.clone();
+    raw_body["only_audio"] = json!(true);
+    let r = client
+        .post(&url)
+        .header("x-api-key", "k")
+        .json(&raw_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "audio/pcm");
+    assert_eq!(
+        r.bytes().await.unwrap().len(),
+        decoded,
+        "same audio both ways"
+    );
+    let r = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "error from server 1008: API key is revoked or expired"
+    );
+    sim.push_fault(Service::GradiumTts, Fault::status(503));
+    assert_eq!(
+        client
+            .post(&url)
+            .header("x-api-key", "k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stt_a_pause_inside_a_turn_keeps_one_script_entry() {
+    let sim = start(script(
+        "[sim]\ntranscripts = [\"Bonjour tout le monde\", \"Merci\"]",
+    ))
+    .await;
+    let mut ws = stt(&sim).await;
+    stt_setup(&mut ws, "pcm_16000").await;
+    let mut audio = speech(16000, 0.6);
+    audio.extend(silence(16000, 0.3));
+    audio.extend(speech(16000, 0.6));
+    audio.extend(silence(16000, 1.2));
+    audio.extend(speech(16000, 0.5));
+    audio.extend(silence(16000, 1.2));
+    send_stt_audio(&mut ws, &audio, 16000).await;
+    send_json(&mut ws, json!({"type": "end_of_stream"})).await;
+    let (msgs, code) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(1000));
+    let seq: Vec<String> = msgs
+        .iter()
+        .filter(|m| m["type"] == "text" || m["type"] == "end_text")
+        .map(|m| {
+            m["text"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| "|".into())
+        })
+        .collect();
+    assert_eq!(seq, ["Bonjour", "tout", "le", "monde", "|", "Merci", "|"]);
+    sim.shutdown().await;
+}

@@ -286,8 +286,30 @@ fn gradium_base_urls_accept_http_schemes() {
         "wss://eu.api.gradium.ai/api/speech/asr"
     );
     let g = GradiumTtsConfig {
+        base_url: Some("ws://127.0.0.1:9/api".into()),
+        ..Default::default()
+    };
+    assert_eq!(g.url().unwrap().as_str(), "ws://127.0.0.1:9/api/speech/tts");
+    let g = GradiumTtsConfig {
         output_format: "opus".into(),
         ..Default::default()
     };
     assert!(g.output_rate().is_err());
+}
+
+#[test]
+fn gradium_base_with_or_without_api_prefix() {
+    for base in [
+        "ws://127.0.0.1:9/api",
+        "ws://127.0.0.1:9/api/",
+        "ws://127.0.0.1:9",
+    ] {
+        let mut c = ProvidersConfig::default();
+        c.stt.gradium.base_url = Some(base.into());
+        assert_eq!(
+            c.stt.gradium.url().unwrap().as_str(),
+            "ws://127.0.0.1:9/api/speech/asr",
+            "{base}"
+        );
+    }
 }

@@ -141,3 +141,55 @@ fn deep_merge_replaces_leaves_and_merges_objects() {
     deep_merge(&mut a, &json!({"a": {"c": 3, "e": 4}, "d": [2]}));
     assert_eq!(a, json!({"a": {"b": 1, "c": 3, "e": 4}, "d": [2]}));
 }
+
+#[tokio::test]
+async fn a_session_on_a_foreign_host_is_refused_under_the_eu_policy() {
+    use crate::testutil::{RawServer, json_response};
+    use micdrop_core::stt::{SttCommand, SttEvent, SttSessionIo};
+    let server = RawServer::start(vec![vec![json_response(
+        201,
+        r#"{"id":"abc","created_at":"2026-01-01T00:00:00Z","url":"wss://us-west.example.com/v2/live?token=abc"}"#,
+    )]])
+    .await;
+    let c = GladiaConfig {
+        base_url: Some(server.url()),
+        retry_delay_ms: 1,
+        ..Default::default()
+    };
+    let stt = GladiaStt::new(c, ApiKey::new("k"))
+        .unwrap()
+        .with_session_host_policy(crate::config::SovereigntyConfig::default());
+    let (tx, crx) = tokio::sync::mpsc::channel(16);
+    let (etx, mut rx) = tokio::sync::mpsc::channel(16);
+    let _task = tokio::spawn(stt.run(SttSessionIo {
+        commands: crx,
+        events: etx,
+    }));
+    // The session connects as soon as it starts: the refusal comes without any turn.
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match ev {
+        SttEvent::Failed { error, .. } => {
+            assert!(error.to_string().contains("us-west.example.com"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.request_count(), 1, "not retried");
+    // The next turn tries again (and is refused again).
+    tx.send(SttCommand::StartTurn).await.unwrap();
+    tx.send(SttCommand::Audio(Bytes::from_static(&[0; 320])))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev, SttEvent::Failed { ref pending, .. } if pending.len() == 1),
+        "{ev:?}"
+    );
+    assert_eq!(server.request_count(), 2);
+}

@@ -373,10 +373,10 @@ impl Session {
 
     fn on_closed(&mut self, kind: ProviderErrorKind) {
         self.ws = None;
-        let normal = matches!(kind, ProviderErrorKind::Closed { code: 1000, .. });
         let active = self.turn_open || self.finalizing.is_some();
-        if normal && !active {
-            debug!("gradium stt socket closed while idle; will reopen at the next turn");
+        if !active {
+            // Nothing to transcribe (e.g. the 300 s session cap): reopen at the next turn.
+            debug!(error = %kind, "gradium stt socket closed while idle; will reopen at the next turn");
             return;
         }
         if !kind.is_retryable() {

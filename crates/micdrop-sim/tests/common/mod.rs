@@ -106,7 +106,14 @@ pub async fn read_until_close(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
         match next(ws).await {
             Event::Json(v) => msgs.push(v),
             Event::Text(t) => panic!("malformed message {t}"),
-            Event::Close(code) => return (msgs, code),
+            Event::Close(code) => {
+                // Complete the closing handshake like a well-behaved client.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return (msgs, code);
+            }
             Event::Gone => return (msgs, None),
         }
     }
@@ -116,4 +123,19 @@ pub fn types(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
         .map(|m| m["type"].as_str().unwrap_or("?").to_string())
         .collect()
+}
+
+/// Waits (up to 2 s) until the counters satisfy `cond`; returns the last snapshot.
+pub async fn wait_until(
+    sim: &SimHandle,
+    cond: impl Fn(&micdrop_sim::SimCounters) -> bool,
+) -> micdrop_sim::SimCounters {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let c = sim.counters();
+        if cond(&c) || tokio::time::Instant::now() >= deadline {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

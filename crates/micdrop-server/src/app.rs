@@ -1,0 +1,190 @@
+//! From the configuration file to a running server: providers, simulators, agent, routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use micdrop_core::agent::Agent;
+use micdrop_core::call::CallConfig;
+use micdrop_providers::config::ProvidersConfig;
+use micdrop_sim::{SimHandle, SimScript, Simulators};
+use tracing::info;
+
+use crate::config::{CallSection, Config};
+use crate::server::{RunningServer, ServerOptions, start};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// API keys are missing.
+    #[error(
+        "missing API keys: {0}. Set them in the environment, or run `micdrop serve --sim` for the \
+         offline demo (simulated Mistral, Gladia and Gradium: no key, no network)"
+    )]
+    MissingKeys(String),
+    /// A provider endpoint is outside the EU under `[sovereignty] mode = "eu"`.
+    #[error("{0}")]
+    Sovereignty(String),
+    /// A provider could not be built.
+    #[error("providers: {0}")]
+    Providers(String),
+    /// The simulator script is wrong.
+    #[error("simulator script: {0}")]
+    Sim(String),
+    /// Binding the address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// IO error.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the agent of every call from the `[call]` section and a model.
+pub fn build_agent(call: &CallSection, model: Arc<dyn micdrop_core::agent::ChatModel>) -> Agent {
+    let mut agent = Agent::new(model, call.system_prompt.clone()).max_steps(call.max_steps);
+    if let Some(d) = call.auto_end_call.description() {
+        agent = agent.auto_end_call(d);
+    }
+    if let Some(d) = call.auto_semantic_turn.description() {
+        agent = agent.auto_semantic_turn(d);
+    }
+    if let Some(d) = call.auto_ignore_user_noise.description() {
+        agent = agent.auto_ignore_user_noise(d);
+    }
+    agent
+}
+
+/// A running application: the server, and the simulators in `--sim` mode.
+pub struct App {
+    /// The HTTP/WebSocket server.
+    pub server: RunningServer,
+    /// The in-process simulators (`--sim`).
+    pub sim: Option<SimHandle>,
+    /// The WebSocket path.
+    pub path: String,
+}
+
+impl App {
+    /// Starts everything. `sim`: run with in-process simulators and this script.
+    pub async fn start(config: Config, sim: Option<SimScript>) -> Result<App, AppError> {
+        let mut providers_config: ProvidersConfig = config.providers();
+        let sim = match sim {
+            Some(script) => {
+                let handle = Simulators::start(SocketAddr::from(([127, 0, 0, 1], 0)), script)
+                    .await
+                    .map_err(|e| AppError::Sim(e.to_string()))?;
+                providers_config.point_to_simulators(
+                    &handle.gladia_base_url(),
+                    &handle.gradium_base_url(),
+                    &handle.mistral_base_url(),
+                );
+                info!(
+                    gladia = %handle.gladia_base_url(),
+                    gradium = %handle.gradium_base_url(),
+                    mistral = %handle.mistral_base_url(),
+                    "simulators running"
+                );
+                Some(handle)
+            }
+            None => {
+                let missing = providers_config.missing_keys();
+                if !missing.is_empty() {
+                    return Err(AppError::MissingKeys(missing.join(", ")));
+                }
+                None
+            }
+        };
+        providers_config
+            .check_sovereignty()
+            .map_err(|e| AppError::Sovereignty(e.to_string()))?;
+        let providers = providers_config
+            .build()
+            .map_err(|e| AppError::Providers(e.to_string()))?;
+        let hosts: Vec<String> = providers_config
+            .endpoints()
+            .iter()
+            .filter_map(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_owned(),
+                })
+            })
+            .collect();
+        let agent =
+            (!config.call.dictation).then(|| build_agent(&config.call, providers.model.clone()));
+        let mut template = CallConfig::new(providers.stt.clone())
+            .partial_messages(config.call.partial_messages)
+            .generate_first_message(config.call.generate_first_message)
+            .idle_timeout(config.server.idle_timeout());
+        if let Some(agent) = agent {
+            template = template.agent(agent);
+        }
+        if let Some(tts) = providers.tts.clone() {
+            template = template.tts(tts);
+        }
+        if let Some(first) = config
+            .call
+            .first_message
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+        {
+            template = template.first_message(first);
+        }
+        let factory: crate::server::CallFactory = Arc::new(move |_params| {
+            // The EU data policy's audit line: which hosts this call reaches (never keys or
+            // content).
+            info!(hosts = ?hosts, "call providers");
+            Ok(template.clone())
+        });
+        let mut options = ServerOptions::new(factory);
+        options.path = config.server.path.clone();
+        options.max_frame_bytes = config.server.max_frame_bytes;
+        options.max_calls = config.server.max_calls;
+        if let Some(auth) = &config.auth {
+            options.bearer_tokens = auth.tokens();
+            if options.bearer_tokens.is_empty() {
+                return Err(AppError::Config(crate::config::ConfigError::Invalid(
+                    "[auth] is set but no token is available (bearer_tokens, or the variable of bearer_tokens_env is empty)".into(),
+                )));
+            }
+        }
+        options.on_end = Some(Arc::new(|end| {
+            info!(
+                duration_secs = end.duration_secs,
+                items = end.conversation.len(),
+                reason = ?end.reason,
+                "call end"
+            );
+        }));
+        let addr: SocketAddr = config.server.listen.parse().map_err(|_| {
+            AppError::Config(crate::config::ConfigError::Invalid(format!(
+                "listen address {:?} is not IP:PORT",
+                config.server.listen
+            )))
+        })?;
+        let server = start(addr, options)
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: config.server.listen.clone(),
+                source,
+            })?;
+        Ok(App {
+            server,
+            sim,
+            path: config.server.path,
+        })
+    }
+
+    /// Stops the server (calls close with 1001 and get their end), then the simulators.
+    pub async fn shutdown(self, grace: Duration) {
+        self.server.shutdown(grace).await;
+        if let Some(sim) = self.sim {
+            sim.shutdown().await;
+        }
+    }
+}
