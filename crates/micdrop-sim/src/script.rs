@@ -195,7 +195,8 @@ pub struct GradiumScript {
     /// TTS: espeak-ng voice per Gradium `voice_id` (otherwise `json_config.rewrite_rules`, then
     /// the script language).
     pub voices: BTreeMap<String, String>,
-    /// STT: silence after speech that closes a segment (`end_text`).
+    /// STT: silence after speech that ends it (the `step` inactivity probability of the 2 s
+    /// horizon passes 0.5 there); the segment (`end_text`) ends after `turn_gap_ms`.
     pub stt_endpointing_ms: u64,
     /// STT: continuous speech needed before a segment starts.
     pub stt_min_speech_ms: u64,

@@ -538,7 +538,11 @@ async fn result_lookup_while_connected_and_after_the_end() {
     let sim = start(script("[sim]\ntranscripts = [\"Salut\"]")).await;
     let (init, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
     send_audio(&mut ws, &utterance()).await;
-    let url = format!("{}/v2/live/{}", sim.gladia_base_url(), init["id"].as_str().unwrap());
+    let url = format!(
+        "{}/v2/live/{}",
+        sim.gladia_base_url(),
+        init["id"].as_str().unwrap()
+    );
     let get = || async {
         tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url))
             .await
