@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// Simulator delays of the in-process server.
     #[arg(long, value_enum, default_value_t = SimMode::Zero)]
     pub sim: SimMode,
+    /// In-process server stack: `engine` (the call engine over trait-level simulated providers
+    /// with exact delays) or `providers` (`micdrop serve --sim`: the real Gladia, Gradium and
+    /// Mistral clients against micdrop-sim's network simulators, TTS as a tone).
+    #[arg(long, value_enum, default_value_t = Stack::Engine)]
+    pub stack: Stack,
     /// Run the in-process server in a child process (server-only CPU and memory figures).
     #[arg(long, conflicts_with = "url")]
     pub isolate: bool,
@@ -79,6 +84,16 @@ pub struct BenchArgs {
     /// Internal: serve only (the child of --isolate).
     #[arg(long, hide = true)]
     pub serve_only: bool,
+}
+
+/// What the in-process server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    /// The call engine over trait-level simulated providers (exact delays).
+    Engine,
+    /// The real provider clients against micdrop-sim (like `micdrop serve --sim`).
+    Providers,
 }
 
 /// Delays of the simulated providers.
@@ -244,7 +259,7 @@ impl Agg {
 /// Runs `micdrop bench`.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.serve_only {
-        return serve_only(args.sim).await;
+        return serve_only(args.stack, args.sim).await;
     }
     let machine_before = machine();
     if let Some(limit) = machine_before.open_files_limit {
@@ -266,7 +281,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // The server.
     let delays = args.sim.delays();
     let mut child: Option<tokio::process::Child> = None;
-    let mut in_process: Option<micdrop_server::RunningServer> = None;
+    let mut in_process: Option<InProcess> = None;
     let (url, pid, measured) = if let Some(url) = &args.url {
         let m = args.server_pid.map(|p| format!("server pid {p}"));
         (url.clone(), args.server_pid, m)
@@ -275,6 +290,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let mut c = tokio::process::Command::new(exe)
             .args(["bench", "--serve-only", "--sim"])
             .arg(format!("{:?}", args.sim).to_lowercase())
+            .arg("--stack")
+            .arg(format!("{:?}", args.stack).to_lowercase())
             .stdout(std::process::Stdio::piped())
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -293,8 +310,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             pid.map(|p| format!("server child process pid {p}")),
         )
     } else {
-        let server = start_server(delays, args.calls).await?;
-        let url = server.ws_url("/call");
+        let server = start_server(args.stack, args.sim, args.calls).await?;
+        let url = server.url();
         in_process = Some(server);
         (
             url,
@@ -458,7 +475,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let agg = std::mem::take(&mut *agg.lock().unwrap_or_else(|e| e.into_inner()));
     let in_proc = args.url.is_none();
     let mut latencies = agg.latencies.clone();
-    let overhead = in_proc.then(|| {
+    // The provider simulators' own delays are known only in zero-delay mode.
+    let known_delays = args.stack == Stack::Engine || args.sim == SimMode::Zero;
+    let overhead = (in_proc && known_delays).then(|| {
         let d = delays.first_audio_delay().as_secs_f64() * 1000.0;
         let mut v: Vec<f64> = agg.latencies.iter().map(|l| l - d).collect();
         Percentiles::of(&mut v)
@@ -513,7 +532,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         errors: agg.errors,
         error_samples: agg.error_samples,
         server,
-        sim: in_proc.then_some(delays),
+        sim: (in_proc && args.stack == Stack::Engine).then_some(delays),
         machine: Machine {
             loadavg_after: loadavg(),
             ..machine_before
@@ -535,20 +554,60 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_server(
-    delays: SimDelays,
-    calls: usize,
-) -> anyhow::Result<micdrop_server::RunningServer> {
-    let mut options = micdrop_server::ServerOptions::with_template(bench_sim::call_config(delays));
-    options.max_calls = calls.max(1) + 100;
-    options.serve_assets = false;
-    Ok(micdrop_server::start("127.0.0.1:0".parse()?, options).await?)
+/// The bench's own server.
+enum InProcess {
+    Engine(micdrop_server::RunningServer),
+    Providers(micdrop_server::App),
+}
+
+impl InProcess {
+    fn url(&self) -> String {
+        match self {
+            InProcess::Engine(s) => s.ws_url("/call"),
+            InProcess::Providers(app) => app.server.ws_url(&app.path),
+        }
+    }
+
+    async fn shutdown(self, grace: Duration) {
+        match self {
+            InProcess::Engine(s) => s.shutdown(grace).await,
+            InProcess::Providers(app) => app.shutdown(grace).await,
+        }
+    }
+}
+
+async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Result<InProcess> {
+    let max_calls = calls.max(1) + 100;
+    match stack {
+        Stack::Engine => {
+            let mut options =
+                micdrop_server::ServerOptions::with_template(bench_sim::call_config(sim.delays()));
+            options.max_calls = max_calls;
+            options.serve_assets = false;
+            Ok(InProcess::Engine(
+                micdrop_server::start("127.0.0.1:0".parse()?, options).await?,
+            ))
+        }
+        Stack::Providers => {
+            let mut config = micdrop_server::config::Config::default();
+            config.server.listen = "127.0.0.1:0".into();
+            config.server.max_calls = max_calls;
+            let script = micdrop_sim::SimScript {
+                zero_delay: sim == SimMode::Zero,
+                tts_engine: micdrop_sim::TtsEngine::Tone,
+                ..Default::default()
+            };
+            Ok(InProcess::Providers(
+                micdrop_server::App::start(config, Some(script)).await?,
+            ))
+        }
+    }
 }
 
 /// The child of `--isolate`: serves until its stdin closes.
-async fn serve_only(sim: SimMode) -> anyhow::Result<()> {
-    let server = start_server(sim.delays(), 20_000).await?;
-    println!("{}", server.ws_url("/call"));
+async fn serve_only(stack: Stack, sim: SimMode) -> anyhow::Result<()> {
+    let server = start_server(stack, sim, 20_000).await?;
+    println!("{}", server.url());
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}
     server.shutdown(Duration::from_secs(2)).await;
