@@ -592,11 +592,15 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
             let mut config = micdrop_server::config::Config::default();
             config.server.listen = "127.0.0.1:0".into();
             config.server.max_calls = max_calls;
-            let script = micdrop_sim::SimScript {
+            let mut script = micdrop_sim::SimScript {
                 zero_delay: sim == SimMode::Zero,
                 tts_engine: micdrop_sim::TtsEngine::Tone,
                 ..Default::default()
             };
+            // The simulators enforce the providers' concurrency and rate limits: lift them.
+            script.gladia.max_sessions = max_calls;
+            script.gradium.max_sessions = max_calls;
+            script.mistral.requests_per_minute = None;
             Ok(InProcess::Providers(
                 micdrop_server::App::start(config, Some(script)).await?,
             ))
