@@ -119,7 +119,7 @@ test('an unknown 4xxx code is recoverable: the client retries every second', asy
   const { page, sockets, context } = await openDemo(browser, s.url, { url: s.wsUrl })
   await page.click('#start')
   await waitClient(page, (m) => m.error?.code === 'Unknown' && m.isReconnecting)
-  await page.waitForTimeout(2300)
+  await page.waitForTimeout(2600)
   assert.ok(sockets.length >= 3 && sockets.length <= 4, `retried about once a second (${sockets.length} sockets)`)
   await page.click('#start') // Stop call
   const n = sockets.length
@@ -137,7 +137,7 @@ test('server unreachable → Connection error in plain words, retried every seco
   await page.waitForSelector('#error[data-code="Connection"]', { state: 'visible' })
   assert.match(await page.locator('#error').innerText(), /Cannot reach .*Retrying/)
   assert.equal(await page.getAttribute('#status', 'data-state'), 'reconnecting')
-  await page.waitForTimeout(2200)
+  await page.waitForTimeout(2600)
   assert.ok(sockets.length >= 3, `several attempts (${sockets.length})`)
   await context.close()
 })

@@ -183,6 +183,11 @@ pub struct BenchReport {
     pub error_samples: Vec<String>,
     /// Server CPU and memory (when measurable).
     pub server: Option<ServerUsage>,
+    /// CPU of this process (the callers; and the server too when in-process), in % of a core.
+    pub bench_process_cpu_percent: f64,
+    /// How late a 10 ms timer fires in this process during the load phase: when high, the
+    /// callers themselves (not the server) add latency to the figures above.
+    pub bench_runtime_lag_ms: Percentiles,
     /// The simulator delays (in-process server).
     pub sim: Option<SimDelays>,
     /// What the machine was doing.
@@ -299,11 +304,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let scenario = if args.idle {
-        let hold = (args.ramp + args.duration) * 1000.0;
-        Scenario::from_toml(&format!(
-            "name = \"idle\"\n[[step]]\nwait = \"connected\"\n[[step]]\nsleep_ms = {}\n",
-            hold as u64
-        ))?
+        // Each idle caller holds its call until the end of the load phase (see below).
+        Scenario::from_toml("name = \"idle\"\n[[step]]\nwait = \"connected\"\n")?
     } else if let Some(path) = &args.scenario {
         Scenario::load(path)?
     } else {
@@ -345,6 +347,20 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
     let cpu_start = pid.and_then(proc_usage);
+    let self_start = proc_usage(std::process::id());
+    let lag_probe = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            while !stop.is_cancelled() {
+                let t = tokio::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let late = t.elapsed().saturating_sub(Duration::from_millis(10));
+                lags.push(late.as_secs_f64() * 1000.0);
+            }
+            lags
+        })
+    };
 
     let ramp = Duration::from_secs_f64(args.ramp.max(0.0));
     let mut tasks = Vec::with_capacity(args.calls);
@@ -354,8 +370,20 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             Duration::ZERO
         };
+        let scenario = if args.idle {
+            // Hold from this caller's start to the end of the load phase.
+            let hold = (ramp + Duration::from_secs_f64(args.duration.max(0.0))).saturating_sub(at);
+            let mut s = (*scenario).clone();
+            s.steps.push(scenario::Step {
+                sleep_ms: Some(hold.as_millis() as u64),
+                ..Default::default()
+            });
+            Arc::new(s)
+        } else {
+            scenario.clone()
+        };
         let (scenario, url, params, held, agg, stop) = (
-            scenario.clone(),
+            scenario,
             url.clone(),
             params.clone(),
             held.clone(),
@@ -415,6 +443,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(ramp + Duration::from_secs_f64(args.duration.max(0.0))).await;
     let wall = started.elapsed();
     let cpu_end = pid.and_then(proc_usage);
+    let self_end = proc_usage(std::process::id());
     stop.cancel();
     let grace = Duration::from_millis(scenario.timeout_ms.saturating_mul(2).max(5_000));
     let deadline = tokio::time::Instant::now() + grace;
@@ -424,6 +453,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let (peak_held, peak_rss_kb, rss_at_peak_kb) = sampler.await.unwrap_or((0, 0, 0));
+    let mut lags = lag_probe.await.unwrap_or_default();
 
     let agg = std::mem::take(&mut *agg.lock().unwrap_or_else(|e| e.into_inner()));
     let in_proc = args.url.is_none();
@@ -458,7 +488,17 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let bench_process_cpu_percent = match (self_start, self_end) {
+        (Some(a), Some(b)) => {
+            100.0 * b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64
+                / clock_ticks_per_sec()
+                / wall.as_secs_f64().max(1e-9)
+        }
+        _ => 0.0,
+    };
     let report = BenchReport {
+        bench_process_cpu_percent,
+        bench_runtime_lag_ms: Percentiles::of(&mut lags),
         calls: args.calls,
         calls_held_peak: peak_held,
         runs: agg.runs,
@@ -602,6 +642,7 @@ fn print_table(r: &BenchReport) {
         p("server overhead (minus sim delays)", o);
     }
     p("barge-in (StartSpeaking -> last)", &r.barge_in_ms);
+    p("bench runtime lag (10 ms timer)", &r.bench_runtime_lag_ms);
     println!(
         "late frames after StartSpeaking: {} (in {} of {} barge-ins)",
         r.late_frames, r.barge_ins_with_late_frames, r.barge_in_ms.count
@@ -621,6 +662,18 @@ fn print_table(r: &BenchReport) {
             s.kb_per_call
         );
     }
+    println!(
+        "bench process (callers{}): CPU {:.0}% of a core",
+        if r.server
+            .as_ref()
+            .is_some_and(|s| s.measured.starts_with("this process"))
+        {
+            " and server"
+        } else {
+            ""
+        },
+        r.bench_process_cpu_percent
+    );
     println!(
         "machine: {} cores, load {} -> {}, open files limit {:?}",
         r.machine.cores,
