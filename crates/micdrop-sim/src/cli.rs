@@ -93,11 +93,24 @@ mod tests {
     #[test]
     fn arguments() {
         let c = Cli::parse_from(["sim"]);
-        assert_eq!(c.sim.listen, "127.0.0.1:8090".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.sim.listen,
+            "127.0.0.1:8090".parse::<SocketAddr>().unwrap()
+        );
         assert!(c.sim.script.is_none() && !c.sim.zero_delay);
-        let c = Cli::parse_from(["sim", "--listen", "127.0.0.1:0", "--script", "s.toml", "--zero-delay"]);
+        let c = Cli::parse_from([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--script",
+            "s.toml",
+            "--zero-delay",
+        ]);
         assert_eq!(c.sim.listen.port(), 0);
-        assert_eq!(c.sim.script.as_deref(), Some(std::path::Path::new("s.toml")));
+        assert_eq!(
+            c.sim.script.as_deref(),
+            Some(std::path::Path::new("s.toml"))
+        );
         assert!(c.sim.zero_delay);
         assert!(Cli::try_parse_from(["sim", "--listen", "nowhere"]).is_err());
     }
