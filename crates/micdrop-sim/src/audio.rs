@@ -19,7 +19,7 @@ pub(crate) fn rms(samples: &[i16]) -> f64 {
 
 /// Linear-interpolation resampler (mono). Good enough for a simulator.
 pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
-    if from == to || input.is_empty() {
+    if from == to || input.is_empty() || from == 0 || to == 0 {
         return input.to_vec();
     }
     let out_len = ((input.len() as u64 * to as u64) / from as u64) as usize;
@@ -293,8 +293,9 @@ pub(crate) fn espeak(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let (src_rate, samples) =
-        parse_espeak_wav(&out.stdout).ok_or_else(|| "espeak-ng wrote no WAV".to_string())?;
+    let (src_rate, samples) = parse_espeak_wav(&out.stdout)
+        .filter(|(r, _)| *r > 0)
+        .ok_or_else(|| "espeak-ng wrote no WAV".to_string())?;
     Ok(resample(&samples, src_rate, rate))
 }
 
