@@ -15,7 +15,8 @@ pub struct CallArgs {
     /// Server WebSocket URL (for example ws://127.0.0.1:8080/call); optional with a scenario
     /// that has one.
     pub url: Option<String>,
-    /// Speak this WAV file (any rate, mono or stereo), cut into turns by the VAD.
+    /// Speak this WAV file (any rate, mono or stereo) or raw PCM (`.pcm`/`.raw`: s16le 16 kHz
+    /// mono), cut into turns by the VAD.
     #[arg(long, conflicts_with_all = ["say", "scenario"])]
     pub input: Option<PathBuf>,
     /// Speak this text (needs espeak-ng).

@@ -132,6 +132,24 @@ pub fn read_wav(path: &Path) -> Result<Vec<i16>, AudioError> {
     decode_wav(&data)
 }
 
+/// Reads an audio file as 16 kHz mono: `.pcm`/`.raw` files are raw PCM s16le 16 kHz mono (the
+/// wire format), anything else is read as WAV.
+pub fn read_audio_file(path: &Path) -> Result<Vec<i16>, AudioError> {
+    let raw = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("pcm") || e.eq_ignore_ascii_case("raw"));
+    if raw {
+        let data = std::fs::read(path).map_err(|source| AudioError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(from_bytes(&data))
+    } else {
+        read_wav(path)
+    }
+}
+
 /// Decodes WAV bytes as 16 kHz mono. Streamed WAVs whose header declares a wrong length (as
 /// `espeak-ng --stdout` writes) are read up to the end of the data.
 pub fn decode_wav(data: &[u8]) -> Result<Vec<i16>, AudioError> {

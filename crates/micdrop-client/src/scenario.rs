@@ -87,7 +87,8 @@ pub struct Step {
     /// Speak this text (espeak-ng).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub say: Option<String>,
-    /// Speak this WAV file (relative paths are relative to the scenario file).
+    /// Speak this WAV file, or raw PCM s16le 16 kHz mono if it ends in `.pcm`/`.raw`
+    /// (relative paths are relative to the scenario file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wav: Option<PathBuf>,
     /// Speak this many ms of synthetic speech-like audio (for scripted or simulated STT).
@@ -493,7 +494,7 @@ pub async fn run(
         let audio = if let Some(text) = &step.say {
             Some(audio::espeak(text, &scenario.voice))
         } else if let Some(wav) = &step.wav {
-            Some(audio::read_wav(wav))
+            Some(audio::read_audio_file(wav))
         } else {
             step.speech_ms.map(|ms| Ok(audio::speech_like(ms)))
         };
