@@ -69,9 +69,14 @@ async fn call(ws: WebSocketUpgrade) -> Response {
 #[tokio::main]
 async fn main() {
     let app = Router::new().route("/call", get(call));
+    // TCP_NODELAY: audio frames must not wait for delayed ACKs.
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8090")
         .await
-        .unwrap();
+        .unwrap()
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     println!("ws://127.0.0.1:8090/call");
     axum::serve(listener, app).await.unwrap();
 }
