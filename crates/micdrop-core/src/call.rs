@@ -280,9 +280,13 @@ fn next_call_id() -> String {
 /// Closes a socket with a Micdrop error (4400, 4401, ...): sends a real close frame with the
 /// reason and flushes it before dropping the socket.
 pub async fn reject(mut sink: SocketSink, error: &MicdropError) {
-    let close = WsMessage::Close(Some((error.code, error.message.clone())));
+    send_close(&mut sink, error.code, error.message.clone()).await;
+}
+
+/// Sends a close frame and flushes it (at most 2 s: a dead peer must not hold the call).
+async fn send_close(sink: &mut SocketSink, code: u16, reason: String) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = sink.send(close).await;
+        let _ = sink.send(WsMessage::Close(Some((code, reason)))).await;
         let _ = sink.close().await;
     })
     .await;
@@ -318,11 +322,7 @@ async fn writer(
     }
     // The call ended: send its close frame, if it has one to send, and flush it.
     if let Ok((code, reason)) = close.await {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = sink.send(WsMessage::Close(Some((code, reason)))).await;
-            let _ = sink.close().await;
-        })
-        .await;
+        send_close(&mut sink, code, reason).await;
     }
 }
 
