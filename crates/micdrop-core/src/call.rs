@@ -986,27 +986,27 @@ impl CallTask {
         };
         match ev {
             AgentEvent::Text(delta) => {
-                let has_tts = self.tts_tx.is_some();
-                let partial = self.config.partial_messages;
-                let mut open = false;
                 let Some(turn) = self.turn.as_mut() else {
                     return;
                 };
                 turn.text.push_str(&delta);
-                let cumulative = partial.then(|| turn.text.clone());
-                if has_tts && turn.utterance.is_none() {
-                    open = true;
-                }
-                if open {
-                    let u = self.open_utterance();
-                    if let Some(turn) = self.turn.as_mut() {
-                        turn.utterance = Some(u);
+                let cumulative = self.config.partial_messages.then(|| turn.text.clone());
+                // The first text of an answer opens its utterance (never for an empty answer).
+                let utterance = match turn.utterance {
+                    Some(u) => Some(u),
+                    None if self.tts_tx.is_some() => {
+                        let u = self.open_utterance();
+                        if let Some(turn) = self.turn.as_mut() {
+                            turn.utterance = Some(u);
+                        }
+                        Some(u)
                     }
-                }
+                    None => None,
+                };
                 if let Some(text) = cumulative {
                     self.send(ServerFrame::PartialAssistantMessage(text));
                 }
-                if let Some(u) = self.turn.as_ref().and_then(|t| t.utterance) {
+                if let Some(u) = utterance {
                     self.tts(TtsCommand::Text(u, delta));
                 }
             }
