@@ -267,7 +267,8 @@ pub fn start_call(
 ) -> (CallHandle, impl Future<Output = CallEnd> + Send) {
     let (tx, rx) = mpsc::channel(16);
     let id = next_call_id();
-    let span = tracing::info_span!("call", call_id = %id);
+    // At error level: the span, and so the call_id, is on every line at every log level.
+    let span = tracing::error_span!("call", call_id = %id);
     let fut = async move { CallTask::new(config, sink, rx).run(stream).await }.instrument(span);
     (CallHandle { tx }, fut)
 }

@@ -145,6 +145,9 @@ impl App {
         options.path = config.server.path.clone();
         options.max_frame_bytes = config.server.max_frame_bytes;
         options.max_calls = config.server.max_calls;
+        options.guard = config.server.guard_options();
+        options.header_read_timeout = config.server.header_read_timeout();
+        options.serve_assets = config.server.demo_page;
         if let Some(auth) = &config.auth {
             options.bearer_tokens = auth.tokens();
             if options.bearer_tokens.is_empty() {
@@ -167,6 +170,7 @@ impl App {
                 config.server.listen
             )))
         })?;
+        crate::http::raise_nofile_limit();
         let server = start(addr, options)
             .await
             .map_err(|source| AppError::Listen {

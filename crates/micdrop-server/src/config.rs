@@ -7,6 +7,14 @@
 //! max_frame_bytes = 65536        # larger client frames close the call (1009)
 //! max_calls = 10000              # beyond: HTTP 503 before the upgrade
 //! idle_timeout_secs = 900        # no client frame for this long: close 1000 "Idle timeout"
+//! allowed_origins = ["self", "loopback"]  # browser origins allowed to call ("*": any); others 403
+//! max_calls_per_ip = 0           # concurrent calls per client address (0: no limit); beyond 503
+//! trusted_proxies = []           # IPs/CIDRs whose X-Forwarded-For is believed
+//! auth_failures_per_minute = 10  # failed authentications per address, then 429 for auth_block_secs
+//! auth_block_secs = 60
+//! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
+//! demo_page = true               # serve the web page and micdrop.js
+//! audio_burst_secs = 5           # user audio allowed ahead of real time (0: no check); beyond 1008
 //!
 //! [call]
 //! system_prompt = "..."
@@ -41,6 +49,8 @@ pub const DEFAULT_PATH: &str = "/call";
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Default maximum number of concurrent calls.
 pub const DEFAULT_MAX_CALLS: usize = 10_000;
+/// Default user audio allowed ahead of real time, in seconds.
+pub const DEFAULT_AUDIO_BURST_SECS: f64 = 5.0;
 /// Default French system prompt of the sovereign stack.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "Tu es un assistant vocal serviable et chaleureux. Tu réponds en français, en phrases courtes et naturelles, faites pour être dites à voix haute : pas de listes, pas de markdown, pas d'emoji.";
 
@@ -110,6 +120,25 @@ pub struct ServerSection {
     pub max_calls: usize,
     /// Idle timeout in seconds.
     pub idle_timeout_secs: u64,
+    /// Browser origins allowed to open calls (see [`crate::guard::GuardOptions`]).
+    pub allowed_origins: Vec<String>,
+    /// Maximum concurrent calls per client address (0: no limit).
+    pub max_calls_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
+    pub trusted_proxies: Vec<String>,
+    /// Failed authentications per address and minute before HTTP 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// How long an address gets HTTP 429 after too many failed authentications.
+    pub auth_block_secs: u64,
+    /// Time a client gets to send its request headers, in seconds (0: no limit).
+    pub header_read_timeout_secs: u64,
+    /// Serve the demo web page and `micdrop.js`.
+    pub demo_page: bool,
+    /// WebSocket URLs of other servers the demo page may connect to (`?url=`), besides its own
+    /// host.
+    pub demo_allowed_urls: Vec<String>,
+    /// User audio a call may send ahead of real time, in seconds (0: no check).
+    pub audio_burst_secs: f64,
 }
 
 impl Default for ServerSection {
@@ -120,6 +149,15 @@ impl Default for ServerSection {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_calls: DEFAULT_MAX_CALLS,
             idle_timeout_secs: micdrop_core::call::DEFAULT_IDLE_TIMEOUT.as_secs(),
+            allowed_origins: crate::guard::default_allowed_origins(),
+            max_calls_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            auth_failures_per_minute: crate::guard::DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            auth_block_secs: crate::guard::DEFAULT_AUTH_BLOCK.as_secs(),
+            header_read_timeout_secs: crate::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            demo_page: true,
+            demo_allowed_urls: Vec::new(),
+            audio_burst_secs: DEFAULT_AUDIO_BURST_SECS,
         }
     }
 }
@@ -128,6 +166,23 @@ impl ServerSection {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The guards' options.
+    pub fn guard_options(&self) -> crate::guard::GuardOptions {
+        crate::guard::GuardOptions {
+            allowed_origins: self.allowed_origins.clone(),
+            max_calls_per_ip: self.max_calls_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            auth_block: Duration::from_secs(self.auth_block_secs),
+        }
+    }
+
+    /// The header-read timeout (`None` when 0).
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_secs > 0)
+            .then(|| Duration::from_secs(self.header_read_timeout_secs))
     }
 }
 
@@ -278,6 +333,22 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[server] idle_timeout_secs must be at least 1".into(),
             ));
+        }
+        self.server
+            .guard_options()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[server] {e}")))?;
+        if !(self.server.audio_burst_secs.is_finite() && self.server.audio_burst_secs >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "[server] audio_burst_secs must be 0 (no check) or more".into(),
+            ));
+        }
+        for u in &self.server.demo_allowed_urls {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] demo_allowed_urls: {u:?} is not a ws:// or wss:// URL"
+                )));
+            }
         }
         if let Some(sim) = &self.sim {
             sim.validate()

@@ -9,6 +9,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod guard;
+pub mod http;
+pub mod logging;
 pub mod server;
 
 pub use app::{App, AppError, build_agent};
