@@ -617,7 +617,11 @@ pub fn end_fields(reason: &EndReason) -> (Option<u16>, Option<String>, &'static 
         EndReason::Idle => (Some(1000), Some("Idle timeout".into()), "idle"),
         EndReason::Shutdown => (Some(1001), Some("Server shutting down".into()), "shutdown"),
         EndReason::HungUp => (None, None, "hung_up"),
-        EndReason::SocketError(e) => (Some(1011), Some(e.clone()), "socket_error"),
+        EndReason::SocketError(e) => (
+            e.close_code(),
+            e.close_code().map(|_| e.close_reason().to_owned()),
+            "socket_error",
+        ),
     }
 }
 
