@@ -446,6 +446,24 @@ impl Guards {
     }
 }
 
+/// The demo page with the servers it may connect to (`?url=`) in its
+/// `micdrop-demo-allowed-urls` meta tag (JSON, HTML-escaped).
+pub fn demo_index(html: &[u8], allowed_urls: &[String]) -> axum::body::Bytes {
+    const EMPTY: &str = r#"<meta name="micdrop-demo-allowed-urls" content="[]" />"#;
+    let html = String::from_utf8_lossy(html);
+    if allowed_urls.is_empty() || !html.contains(EMPTY) {
+        return axum::body::Bytes::from(html.into_owned());
+    }
+    let json = serde_json::to_string(allowed_urls).unwrap_or_else(|_| "[]".into());
+    let escaped = json
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let tag = format!(r#"<meta name="micdrop-demo-allowed-urls" content="{escaped}" />"#);
+    axum::body::Bytes::from(html.replacen(EMPTY, &tag, 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +612,18 @@ mod tests {
             IpRange::parse("0.0.0.0/0")
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn demo_index_lists_the_allowed_servers_escaped() {
+        let html = br#"<head><meta name="micdrop-demo-allowed-urls" content="[]" /></head>"#;
+        assert_eq!(&demo_index(html, &[])[..], &html[..]);
+        let out = demo_index(html, &["wss://voice.example.com/call\"<x>".into()]);
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(
+            out,
+            r#"<head><meta name="micdrop-demo-allowed-urls" content="[&quot;wss://voice.example.com/call\&quot;&lt;x&gt;&quot;]" /></head>"#
         );
     }
 

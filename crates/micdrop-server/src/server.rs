@@ -59,8 +59,14 @@ pub struct ServerOptions {
     pub on_end: Option<EndHook>,
     /// Origins, calls per address, failed-authentication limit, trusted proxies.
     pub guard: GuardOptions,
+    /// Servers (WebSocket URLs) the demo page may connect to with `?url=`, besides its own.
+    pub demo_allowed_urls: Vec<String>,
     /// Time a client gets to send its request headers (`None`: no limit).
     pub header_read_timeout: Option<Duration>,
+    /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
+    pub store: Option<crate::persist::StoreHook>,
+    /// More routes on the same listener (the admin API).
+    pub routes: Option<Router>,
 }
 
 impl ServerOptions {
@@ -76,7 +82,10 @@ impl ServerOptions {
             serve_assets: true,
             on_end: None,
             guard: GuardOptions::default(),
+            demo_allowed_urls: Vec::new(),
             header_read_timeout: Some(crate::http::DEFAULT_HEADER_READ_TIMEOUT),
+            store: None,
+            routes: None,
         }
     }
 
@@ -168,7 +177,25 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(&path, get(call_handler));
     if state.options.serve_assets {
-        app = app.route("/", get(|| async { asset("index.html") }));
+        let index = crate::guard::demo_index(
+            assets::ASSETS
+                .iter()
+                .find(|(n, _, _)| *n == "index.html")
+                .map_or(&[][..], |a| a.2),
+            &state.options.demo_allowed_urls,
+        );
+        app = app.route(
+            "/",
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    index,
+                )
+            }),
+        );
         for (name, _, _) in assets::ASSETS {
             if *name != "index.html" {
                 let route = format!("/{name}");
@@ -176,7 +203,12 @@ fn router(state: Arc<AppState>) -> Router {
             }
         }
     }
-    app.with_state(state)
+    let extra = state.options.routes.clone();
+    let app = app.with_state(state);
+    match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    }
 }
 
 fn asset(name: &str) -> Response {
@@ -251,7 +283,12 @@ async fn handle_socket(
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
     let auth = !opts.bearer_tokens.is_empty();
-    let params = if opts.require_params || auth {
+    let params = if let (Some(hook), false) = (&opts.store, opts.require_params || auth) {
+        let wait = Duration::from_millis(hook.store.config().params_wait_ms);
+        let (params, rest) = crate::persist::optional_params(stream, wait).await;
+        stream = rest;
+        params
+    } else if opts.require_params || auth {
         match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -282,8 +319,21 @@ async fn handle_socket(
             return;
         }
     };
-    let config = config.shutdown(state.shutdown.child_token());
+    let mut config = config.shutdown(state.shutdown.child_token());
+    let mut session = None;
+    if let Some(hook) = &opts.store {
+        match crate::persist::begin(hook, config, params.as_ref()).await {
+            Ok((c, s)) => (config, session) = (c, Some(s)),
+            Err(e) => {
+                reject(sink, &e).await;
+                return;
+            }
+        }
+    }
     let end = run_call(config, sink, stream).await;
+    if let Some(session) = session {
+        session.finish(&end).await;
+    }
     if let Some(hook) = &opts.on_end {
         hook(end);
     }
