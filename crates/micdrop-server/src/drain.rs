@@ -79,9 +79,13 @@ impl RunningServer {
 }
 
 impl App {
-    /// Drains the server (see [`RunningServer::drain`]), then stops the simulators.
+    /// Drains the server (see [`RunningServer::drain`]), then stops the store (its queued
+    /// writes are written) and the simulators.
     pub async fn drain(self, timeout: Duration, interrupt: impl Future<Output = ()>) -> DrainEnd {
         let end = self.server.drain(timeout, interrupt).await;
+        if let Some(store) = self.store {
+            store.shutdown(Duration::from_secs(5)).await;
+        }
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }

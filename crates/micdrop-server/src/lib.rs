@@ -8,10 +8,12 @@
 //! (`/call` by default), the demo page at `/` and `micdrop.js` (embedded at build time from
 //! `assets/`). [`drain`]: the graceful drain on SIGTERM/SIGINT.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod persist;
 pub mod server;
 pub mod telemetry;
 

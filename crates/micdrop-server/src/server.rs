@@ -61,6 +61,10 @@ pub struct ServerOptions {
     pub on_end: Option<EndHook>,
     /// Serve `GET /metrics` (off unless set; `micdrop serve` sets it from `[telemetry]`).
     pub metrics: Option<MetricsEndpoint>,
+    /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
+    pub store: Option<crate::persist::StoreHook>,
+    /// More routes on the same listener (the admin API).
+    pub routes: Option<Router>,
 }
 
 impl ServerOptions {
@@ -76,6 +80,8 @@ impl ServerOptions {
             serve_assets: true,
             on_end: None,
             metrics: None,
+            store: None,
+            routes: None,
         }
     }
 
@@ -192,7 +198,12 @@ fn router(state: Arc<AppState>) -> Router {
             }
         }
     }
-    app.with_state(state)
+    let extra = state.options.routes.clone();
+    let app = app.with_state(state);
+    match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    }
 }
 
 fn asset(name: &str) -> Response {
@@ -263,7 +274,15 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
     let active = ActiveCall::start();
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
-    let params = if opts.require_params || !opts.bearer_tokens.is_empty() {
+    let params = if let (Some(hook), false) = (
+        &opts.store,
+        opts.require_params || !opts.bearer_tokens.is_empty(),
+    ) {
+        let wait = Duration::from_millis(hook.store.config().params_wait_ms);
+        let (params, rest) = crate::persist::optional_params(stream, wait).await;
+        stream = rest;
+        params
+    } else if opts.require_params || !opts.bearer_tokens.is_empty() {
         match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -293,9 +312,23 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
             return;
         }
     };
-    let config = config.shutdown(state.shutdown.child_token());
+    let mut config = config.shutdown(state.shutdown.child_token());
+    let mut session = None;
+    if let Some(hook) = &opts.store {
+        match crate::persist::begin(hook, config, params.as_ref()).await {
+            Ok((c, s)) => (config, session) = (c, Some(s)),
+            Err(e) => {
+                telemetry::call_rejected();
+                reject(sink, &e).await;
+                return;
+            }
+        }
+    }
     let end = run_call(config, sink, stream).await;
     active.end(&end.reason);
+    if let Some(session) = session {
+        session.finish(&end).await;
+    }
     if let Some(hook) = &opts.on_end {
         hook(end);
     }
