@@ -178,9 +178,12 @@ async fn kill_9_mid_call_keeps_the_turns_already_taken() {
     store.close().await;
 }
 
+/// Webhooks received: (signature header, body).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A local HTTP server recording the webhooks it receives.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+async fn webhook_receiver() -> (String, Received) {
+    let seen: Received = Arc::default();
     let s = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
