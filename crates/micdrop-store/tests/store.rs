@@ -1,6 +1,7 @@
 //! The store's suite, run on both backends: SQLite (a file in a temp dir) and PostgreSQL (a
 //! real throwaway cluster, started by `micdrop_store::testing`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use micdrop_core::call::{CallEnd, CallEvent, EndReason};
@@ -711,4 +712,70 @@ async fn a_store_that_goes_down_never_blocks_a_call() {
         .unwrap_err();
     assert_eq!(e.code, 1011);
     cs.shutdown(Duration::from_millis(100)).await;
+}
+
+/// The webhook: signed body, retried after a 503 with backoff, given up after a 400.
+#[tokio::test]
+async fn webhook_is_signed_and_retried() {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::Mutex;
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let statuses = Arc::new(Mutex::new(vec![
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
+    ]));
+    let s = seen.clone();
+    let st = statuses.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let s = s.clone();
+            let st = st.clone();
+            async move {
+                let sig = headers
+                    .get(micdrop_store::SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                s.lock().unwrap().push((sig, body.to_vec()));
+                st.lock().unwrap().remove(0)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hook = micdrop_store::Webhook::new(&format!("http://{addr}/hook"), b"s3cr3t".to_vec(), 3)
+        .unwrap()
+        .first_backoff(Duration::from_millis(50));
+    let body = json!({"event": "call.ended", "call": {"id": "c1"}});
+    // 503 then 200: delivered on the second attempt, same signed body both times.
+    assert!(hook.send(body.clone()).await.unwrap());
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], seen[1]);
+        let (sig, bytes) = &seen[0];
+        assert_eq!(sig, &micdrop_store::sign(b"s3cr3t", bytes));
+        assert_ne!(sig, &micdrop_store::sign(b"other", bytes));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap(),
+            body
+        );
+    }
+    // A 400 is not retried.
+    assert!(!hook.deliver(body).await);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    // Nothing listening: retried, then given up, never a panic.
+    let dead = micdrop_store::Webhook::new("http://127.0.0.1:9/hook", b"k".to_vec(), 2)
+        .unwrap()
+        .first_backoff(Duration::from_millis(10));
+    assert!(!dead.deliver(json!({})).await);
+    // No secret, no webhook.
+    let e =
+        micdrop_store::Webhook::from_env("http://127.0.0.1:9/", "MICDROP_TEST_UNSET_SECRET_VAR", 1)
+            .unwrap_err();
+    assert!(e.to_string().contains("MICDROP_TEST_UNSET_SECRET_VAR"));
 }
