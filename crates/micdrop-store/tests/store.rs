@@ -779,3 +779,119 @@ async fn webhook_is_signed_and_retried() {
             .unwrap_err();
     assert!(e.to_string().contains("MICDROP_TEST_UNSET_SECRET_VAR"));
 }
+
+/// Counts the `metrics` counters incremented while it is the local recorder.
+#[derive(Default)]
+struct Counters(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+);
+
+impl Counters {
+    fn get(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let c = self
+            .0
+            .lock()
+            .unwrap()
+            .entry(key.name().to_owned())
+            .or_default()
+            .clone();
+        metrics::Counter::from_arc(c)
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Lost writes are counted: a full queue (dropped) and a failing database (errors); the call's
+/// events never wait for either.
+#[test]
+fn lost_writes_are_counted() {
+    let counters = Counters::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&counters, || {
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/c.db", dir.path().display());
+            let cs = CallStore::start(StoreConfig {
+                url: url.clone(),
+                queue_capacity: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut begin = cs.begin_call("lossy", None, vec![]).await.unwrap();
+            let obs = begin.session.observer();
+            // 100 items at once: the queue holds 2.
+            for i in 0..100 {
+                obs.try_send(CallEvent::Message(ConversationItem::user(format!("m{i}"))))
+                    .unwrap();
+            }
+            tokio::task::yield_now().await;
+            assert!(cs.flush(Duration::from_secs(10)).await);
+            // The database now refuses items.
+            sqlx::raw_sql("DROP TABLE items; DROP TABLE turns;")
+                .execute(&sqlite_pool(&url).await)
+                .await
+                .unwrap();
+            obs.try_send(CallEvent::Message(ConversationItem::user("late")))
+                .unwrap();
+            drop(obs);
+            begin.session.finish(&end()).await;
+            assert!(cs.flush(Duration::from_secs(10)).await);
+            cs.shutdown(Duration::from_secs(1)).await;
+        })
+    });
+    assert!(
+        counters.get("micdrop_store_writes_dropped_total") >= 90,
+        "dropped"
+    );
+    assert!(
+        counters.get("micdrop_store_write_errors_total") >= 1,
+        "errors"
+    );
+}
+
+async fn sqlite_pool(url: &str) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(url).await.unwrap()
+}
