@@ -15,6 +15,7 @@
 //! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
 //! demo_page = true               # serve the web page and micdrop.js
 //! audio_burst_secs = 5           # user audio allowed ahead of real time (0: no check); beyond 1008
+//! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
 //! [call]
 //! system_prompt = "..."
@@ -29,6 +30,12 @@
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
 //! bearer_tokens_env = "MICDROP_BEARER_TOKENS"  # comma-separated tokens from the environment
+//!
+//! [telemetry]
+//! metrics = true                 # GET /metrics (Prometheus) on the same listener
+//! metrics_token = "..."          # optional: then /metrics needs "Authorization: Bearer <token>"
+//! metrics_token_env = "MICDROP_METRICS_TOKEN"
+//! otlp_endpoint = "http://127.0.0.1:4318"  # optional: export traces over OTLP/HTTP
 //!
 //! [store]                         # optional: without it nothing is persisted (docs/store.md)
 //! url = "sqlite://micdrop-data/micdrop.db"   # or postgres://user:pass@host:5432/db
@@ -152,6 +159,8 @@ pub struct ServerSection {
     pub demo_allowed_urls: Vec<String>,
     /// User audio a call may send ahead of real time, in seconds (0: no check).
     pub audio_burst_secs: f64,
+    /// On SIGTERM/SIGINT, how long calls in progress may go on before they get 1001.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -171,6 +180,7 @@ impl Default for ServerSection {
             demo_page: true,
             demo_allowed_urls: Vec::new(),
             audio_burst_secs: DEFAULT_AUDIO_BURST_SECS,
+            drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
         }
     }
 }
@@ -196,6 +206,11 @@ impl ServerSection {
     pub fn header_read_timeout(&self) -> Option<Duration> {
         (self.header_read_timeout_secs > 0)
             .then(|| Duration::from_secs(self.header_read_timeout_secs))
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 }
 
@@ -317,6 +332,8 @@ pub struct Config {
     pub sovereignty: SovereigntyConfig,
     /// `[sim]`: the simulators' script for `serve --sim` (see docs/simulators.md).
     pub sim: Option<SimScript>,
+    /// `[telemetry]`: metrics and traces (see docs/deploy.md).
+    pub telemetry: crate::telemetry::TelemetrySection,
 }
 
 impl Config {

@@ -1,4 +1,5 @@
-//! The HTTP server: `GET /healthz`, the WebSocket call endpoint, the web page and `micdrop.js`.
+//! The HTTP server: `GET /healthz`, `GET /readyz`, `GET /metrics` (when enabled), the WebSocket
+//! call endpoint, the web page and `micdrop.js`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
 use crate::guard::{GuardOptions, Guards};
+use crate::telemetry::{self, ActiveCall, MetricsEndpoint};
 
 /// Read buffer of each call's WebSocket (bytes).
 pub const SOCKET_READ_BUFFER: usize = 4096;
@@ -63,6 +65,8 @@ pub struct ServerOptions {
     pub demo_allowed_urls: Vec<String>,
     /// Time a client gets to send its request headers (`None`: no limit).
     pub header_read_timeout: Option<Duration>,
+    /// Serve `GET /metrics` (off unless set; `micdrop serve` sets it from `[telemetry]`).
+    pub metrics: Option<MetricsEndpoint>,
     /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
     pub store: Option<crate::persist::StoreHook>,
     /// More routes on the same listener (the admin API).
@@ -84,6 +88,7 @@ impl ServerOptions {
             guard: GuardOptions::default(),
             demo_allowed_urls: Vec::new(),
             header_read_timeout: Some(crate::http::DEFAULT_HEADER_READ_TIMEOUT),
+            metrics: None,
             store: None,
             routes: None,
         }
@@ -100,6 +105,7 @@ struct AppState {
     guards: Guards,
     calls: Arc<Semaphore>,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -107,7 +113,8 @@ struct AppState {
 pub struct RunningServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
+    pub(crate) draining: CancellationToken,
+    pub(crate) tracker: TaskTracker,
     http: tokio::task::JoinHandle<()>,
     calls: Arc<Semaphore>,
     max_calls: usize,
@@ -146,6 +153,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
     let tracker = TaskTracker::new();
     let calls = Arc::new(Semaphore::new(options.max_calls));
     let max_calls = options.max_calls;
@@ -155,6 +163,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
         guards,
         calls: calls.clone(),
         shutdown: shutdown.clone(),
+        draining: draining.clone(),
         tracker: tracker.clone(),
     });
     let app = router(state);
@@ -164,6 +173,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     Ok(RunningServer {
         addr,
         shutdown,
+        draining,
         tracker,
         http,
         calls,
@@ -175,7 +185,11 @@ fn router(state: Arc<AppState>) -> Router {
     let path = state.options.path.clone();
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route(&path, get(call_handler));
+    if state.options.metrics.is_some() {
+        app = app.route("/metrics", get(metrics));
+    }
     if state.options.serve_assets {
         let index = crate::guard::demo_index(
             assets::ASSETS
@@ -225,25 +239,47 @@ fn asset(name: &str) -> Response {
     }
 }
 
+/// `GET /readyz`: 200 while new calls are accepted; 503 when draining or at `max_calls`, so that
+/// a load balancer sends new calls elsewhere.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if state.calls.available_permits() == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "at max_calls").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match &state.options.metrics {
+        Some(m) => m.respond(&headers),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 async fn call_handler(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
+        telemetry::call_rejected();
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let client = state.guards.client_ip(peer, &headers);
     if let Err(refused) = state.guards.check_origin(peer, &headers) {
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
         warn!(%client, origin, "call refused: origin not allowed");
+        telemetry::call_rejected();
         return refused;
     }
     let ip_permit = match state.guards.admit(client) {
         Ok(p) => p,
         Err(refused) => {
             warn!(%client, status = refused.status().as_u16(), "call refused");
+            telemetry::call_rejected();
             return refused;
         }
     };
@@ -252,6 +288,7 @@ async fn call_handler(
             max_calls = state.options.max_calls,
             "call refused: too many calls"
         );
+        telemetry::call_rejected();
         return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
     };
     let max = state.options.max_frame_bytes;
@@ -280,6 +317,8 @@ async fn handle_socket(
     socket: axum::extract::ws::WebSocket,
     client: std::net::IpAddr,
 ) {
+    // In the active-calls gauge from the upgrade on (params included), out when dropped.
+    let active = ActiveCall::start();
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
     let auth = !opts.bearer_tokens.is_empty();
@@ -296,6 +335,7 @@ async fn handle_socket(
                     state.guards.auth_failed(client);
                 }
                 info!(%client, code = e.code, reason = %e.message, "call rejected");
+                telemetry::call_rejected();
                 reject(sink, &e).await;
                 return;
             }
@@ -307,6 +347,7 @@ async fn handle_socket(
         if let Err(e) = check_bearer(params.as_ref(), &opts.bearer_tokens) {
             state.guards.auth_failed(client);
             info!(%client, code = e.code, reason = %e.message, "call rejected");
+            telemetry::call_rejected();
             reject(sink, &e).await;
             return;
         }
@@ -315,6 +356,7 @@ async fn handle_socket(
         Ok(c) => c,
         Err(e) => {
             info!(%client, code = e.code, reason = %e.message, "call rejected");
+            telemetry::call_rejected();
             reject(sink, &e).await;
             return;
         }
@@ -325,12 +367,14 @@ async fn handle_socket(
         match crate::persist::begin(hook, config, params.as_ref()).await {
             Ok((c, s)) => (config, session) = (c, Some(s)),
             Err(e) => {
+                telemetry::call_rejected();
                 reject(sink, &e).await;
                 return;
             }
         }
     }
     let end = run_call(config, sink, stream).await;
+    active.end(&end.reason);
     if let Some(session) = session {
         session.finish(&end).await;
     }
