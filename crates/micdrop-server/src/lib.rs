@@ -1,15 +1,19 @@
 //! # micdrop-server
 //!
 //! The micdrop-rs server: the TOML [`config`], the HTTP and WebSocket routes ([`server`]) and
-//! the web page. The `micdrop serve` command is a thin wrapper over [`cli::serve`].
+//! the web page. The `micdrop serve` command (crate micdrop-cli) parses its arguments and runs
+//! an [`App`].
+//!
+//! Feature `sim` (on by default): `serve --sim`, the in-process simulators of micdrop-sim
+//! ([`sim`]); without it, the server has no simulator code.
 //!
 //! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
 //! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
 
 pub mod app;
-pub mod cli;
 pub mod config;
 pub mod server;
+pub mod sim;
 
 pub use app::{App, AppError, build_agent};
 pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

@@ -9,7 +9,10 @@
 //!   delays; records its requests and whether a stream was dropped before its end.
 //! - [`ScriptedTurnDetector`]: turn verdicts from a script.
 //! - [`WsClient`]: a raw WebSocket client that reads frames with timeouts.
+//! - [`bench`](mod@bench): timed providers (exact, configurable delays), the engine stack of
+//!   `micdrop bench`.
 
+pub mod bench;
 mod model;
 mod stt;
 mod tts;

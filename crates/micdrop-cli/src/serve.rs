@@ -1,10 +1,10 @@
-//! The `serve` command.
+//! `micdrop serve`: its arguments, and the server until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::app::App;
-use crate::config::Config;
+use micdrop_server::App;
+use micdrop_server::config::Config;
 
 /// Options of `micdrop serve`.
 #[derive(Debug, clap::Args)]
@@ -17,9 +17,11 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     /// Run offline: in-process simulators of Mistral, Gladia and Gradium, reached through the
     /// real provider clients. No API key, no network.
+    #[cfg(feature = "sim")]
     #[arg(long)]
     pub sim: bool,
     /// Simulator script (TOML with a `[sim]` section); default: the config's `[sim]` section.
+    #[cfg(feature = "sim")]
     #[arg(long, requires = "sim")]
     pub sim_script: Option<PathBuf>,
 }
@@ -33,6 +35,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    #[cfg(feature = "sim")]
     let sim = if args.sim {
         Some(match &args.sim_script {
             Some(path) => {
@@ -46,12 +49,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    #[cfg(not(feature = "sim"))]
+    let sim = None;
     let app = App::start(config, sim).await?;
     let addr = app.server.local_addr();
     eprintln!(
         "micdrop listening: web page http://{addr}/  WebSocket ws://{addr}{}{}",
         app.path,
-        if app.sim.is_some() {
+        if app.simulated() {
             "  (simulated providers)"
         } else {
             ""
