@@ -10,8 +10,10 @@
 //! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
 //! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod persist;
 pub mod server;
 pub mod sim;
 
