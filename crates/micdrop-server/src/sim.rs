@@ -14,3 +14,11 @@ pub enum SimScript {}
 #[cfg(not(feature = "sim"))]
 #[derive(Debug)]
 pub enum SimHandle {}
+
+#[cfg(not(feature = "sim"))]
+impl SimHandle {
+    /// Never called: no value exists.
+    pub async fn shutdown(self) {
+        match self {}
+    }
+}
