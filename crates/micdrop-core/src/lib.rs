@@ -14,6 +14,7 @@
 //! - [`params`]: the first-frame params with Micdrop's 3 s rule.
 //! - [`error`]: errors, close codes.
 //! - [`socket`]: socket adapters and typed socket errors; [`time`]: small timing helpers.
+//! - [`telemetry`]: the metrics' names and the helpers that record them.
 #![cfg_attr(
     feature = "axum",
     doc = r#"
@@ -44,6 +45,7 @@ pub mod params;
 pub mod protocol;
 pub mod socket;
 pub mod stt;
+pub mod telemetry;
 pub mod time;
 pub mod tts;
 pub mod turn;

@@ -1,6 +1,7 @@
 //! The store's suite, run on both backends: SQLite (a file in a temp dir) and PostgreSQL (a
 //! real throwaway cluster, started by `micdrop_store::testing`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use micdrop_core::call::{CallEnd, CallEvent, EndReason};
@@ -713,4 +714,186 @@ async fn a_store_that_goes_down_never_blocks_a_call() {
         .unwrap_err();
     assert_eq!(e.code, 1011);
     cs.shutdown(Duration::from_millis(100)).await;
+}
+
+/// The webhook: signed body, retried after a 503 with backoff, given up after a 400.
+#[tokio::test]
+async fn webhook_is_signed_and_retried() {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::Mutex;
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let statuses = Arc::new(Mutex::new(vec![
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
+    ]));
+    let s = seen.clone();
+    let st = statuses.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let s = s.clone();
+            let st = st.clone();
+            async move {
+                let sig = headers
+                    .get(micdrop_store::SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                s.lock().unwrap().push((sig, body.to_vec()));
+                st.lock().unwrap().remove(0)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hook = micdrop_store::Webhook::new(&format!("http://{addr}/hook"), b"s3cr3t".to_vec(), 3)
+        .unwrap()
+        .first_backoff(Duration::from_millis(50));
+    let body = json!({"event": "call.ended", "call": {"id": "c1"}});
+    // 503 then 200: delivered on the second attempt, same signed body both times.
+    assert!(hook.send(body.clone()).await.unwrap());
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], seen[1]);
+        let (sig, bytes) = &seen[0];
+        assert_eq!(sig, &micdrop_store::sign(b"s3cr3t", bytes));
+        assert_ne!(sig, &micdrop_store::sign(b"other", bytes));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap(),
+            body
+        );
+    }
+    // A 400 is not retried.
+    assert!(!hook.deliver(body).await);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    // Nothing listening: retried, then given up, never a panic.
+    let dead = micdrop_store::Webhook::new("http://127.0.0.1:9/hook", b"k".to_vec(), 2)
+        .unwrap()
+        .first_backoff(Duration::from_millis(10));
+    assert!(!dead.deliver(json!({})).await);
+    // No secret, no webhook.
+    let e =
+        micdrop_store::Webhook::from_env("http://127.0.0.1:9/", "MICDROP_TEST_UNSET_SECRET_VAR", 1)
+            .unwrap_err();
+    assert!(e.to_string().contains("MICDROP_TEST_UNSET_SECRET_VAR"));
+}
+
+/// Counts the `metrics` counters incremented while it is the local recorder.
+#[derive(Default)]
+struct Counters(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+);
+
+impl Counters {
+    fn get(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let c = self
+            .0
+            .lock()
+            .unwrap()
+            .entry(key.name().to_owned())
+            .or_default()
+            .clone();
+        metrics::Counter::from_arc(c)
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Lost writes are counted: a full queue (dropped) and a failing database (errors); the call's
+/// events never wait for either.
+#[test]
+fn lost_writes_are_counted() {
+    let counters = Counters::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&counters, || {
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/c.db", dir.path().display());
+            let cs = CallStore::start(StoreConfig {
+                url: url.clone(),
+                queue_capacity: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut begin = cs.begin_call("lossy", None, vec![]).await.unwrap();
+            let obs = begin.session.observer();
+            // 100 items at once: the queue holds 2.
+            for i in 0..100 {
+                obs.try_send(CallEvent::Message(ConversationItem::user(format!("m{i}"))))
+                    .unwrap();
+            }
+            tokio::task::yield_now().await;
+            assert!(cs.flush(Duration::from_secs(10)).await);
+            // The database now refuses items.
+            sqlx::raw_sql("DROP TABLE items; DROP TABLE turns;")
+                .execute(&sqlite_pool(&url).await)
+                .await
+                .unwrap();
+            obs.try_send(CallEvent::Message(ConversationItem::user("late")))
+                .unwrap();
+            drop(obs);
+            begin.session.finish(&end()).await;
+            assert!(cs.flush(Duration::from_secs(10)).await);
+            cs.shutdown(Duration::from_secs(1)).await;
+        })
+    });
+    assert!(
+        counters.get("micdrop_store_writes_dropped_total") >= 90,
+        "dropped"
+    );
+    assert!(
+        counters.get("micdrop_store_write_errors_total") >= 1,
+        "errors"
+    );
+}
+
+async fn sqlite_pool(url: &str) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(url).await.unwrap()
 }

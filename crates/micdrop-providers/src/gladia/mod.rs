@@ -112,6 +112,11 @@ impl GladiaStt {
     }
 }
 
+/// A random id for one call's provider sessions (16 hex digits).
+pub(crate) fn call_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// Builds the init body: audio format, settings, then `settings` deep-merged, then the message
 /// flags the client relies on.
 pub fn init_body(config: &GladiaConfig) -> Value {

@@ -43,6 +43,9 @@ pub(super) struct GladiaConnector {
     /// The session to resume at the next attempt (taken by the attempt: a failed attempt
     /// creates a new session next time).
     resume: Option<Url>,
+    /// A random id of this call, sent as `custom_metadata.micdrop_call` so that the sessions of
+    /// one call can be told apart (and the simulator continues the call's transcripts).
+    call: Arc<str>,
 }
 
 impl Connector for GladiaConnector {
@@ -51,7 +54,7 @@ impl Connector for GladiaConnector {
     fn connect(&mut self) -> BoxFuture<'static, Result<(WsStream, Opened), ConnectFailure>> {
         let sh = self.sh.clone();
         let resume = self.resume.take();
-        Box::pin(connect(sh, resume))
+        Box::pin(connect(sh, resume, self.call.clone()))
     }
 }
 
@@ -97,6 +100,7 @@ impl Session {
         let connector = GladiaConnector {
             sh: sh.clone(),
             resume: None,
+            call: super::call_id().into(),
         };
         // Ending the call (or closing an idle link) ends the Gladia session: a bare close would
         // leave it resumable, holding a concurrency slot until its idle timeout.
@@ -468,6 +472,7 @@ impl Session {
 async fn connect(
     sh: Arc<Shared>,
     resume: Option<Url>,
+    call: Arc<str>,
 ) -> Result<(WsStream, Opened), ConnectFailure> {
     if let Some(url) = resume {
         match ws::connect(&url, &[], sh.connect_timeout).await {
@@ -477,7 +482,7 @@ async fn connect(
             Err(e) => debug!(error = %e, "gladia resume failed; creating a new session"),
         }
     }
-    let url = init(&sh).await?;
+    let url = init(&sh, &call).await?;
     let ws = ws::connect(&url, &[], sh.connect_timeout)
         .await
         .map_err(|kind| ConnectFailure { kind, fatal: false })?;
@@ -490,12 +495,19 @@ async fn connect(
     ))
 }
 
-pub(super) async fn init(sh: &Shared) -> Result<Url, ConnectFailure> {
+pub(super) async fn init(sh: &Shared, call: &str) -> Result<Url, ConnectFailure> {
+    let mut body = sh.init_body.clone();
+    if let Some(o) = body.as_object_mut() {
+        let meta = o.entry("custom_metadata").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("micdrop_call".into(), json!(call));
+        }
+    }
     let req = sh
         .client
         .post(sh.init_url.clone())
         .header("x-gladia-key", sh.key.expose())
-        .json(&sh.init_body)
+        .json(&body)
         .timeout(sh.connect_timeout);
     let resp = req.send().await.map_err(|e| ConnectFailure {
         kind: reqwest_error(&e),

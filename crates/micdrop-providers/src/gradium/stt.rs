@@ -101,6 +101,9 @@ struct Finalizing {
 /// Opens a Gradium STT socket: handshake, `setup`, then `ready`.
 struct SttConnector {
     sh: Arc<Shared>,
+    /// `setup` with this call's `client_req_id` (a random id: the sockets of one call can be
+    /// told apart, and the simulator continues the call's transcripts across them).
+    setup: Arc<str>,
 }
 
 impl Connector for SttConnector {
@@ -108,8 +111,9 @@ impl Connector for SttConnector {
 
     fn connect(&mut self) -> BoxFuture<'static, Result<(WsStream, ()), ConnectFailure>> {
         let sh = self.sh.clone();
+        let setup = self.setup.clone();
         Box::pin(async move {
-            let ws = connect(&sh).await?;
+            let ws = connect(&sh, &setup).await?;
             Ok((ws, ()))
         })
     }
@@ -140,7 +144,13 @@ enum Wake {
 
 impl Session {
     fn new(sh: Arc<Shared>, io: SttSessionIo) -> Self {
-        let link = Link::new(NAME, SttConnector { sh: sh.clone() }, sh.link)
+        let mut setup = sh.setup.clone();
+        setup["client_req_id"] = json!(crate::gladia::call_id());
+        let connector = SttConnector {
+            sh: sh.clone(),
+            setup: setup.to_string().into(),
+        };
+        let link = Link::new(NAME, connector, sh.link)
             .with_goodbye(Message::text(r#"{"type":"end_of_stream"}"#));
         Self {
             sh,
@@ -427,9 +437,9 @@ impl Session {
     }
 }
 
-async fn connect(sh: &Shared) -> Result<WsStream, ProviderErrorKind> {
+async fn connect(sh: &Shared, setup: &str) -> Result<WsStream, ProviderErrorKind> {
     let mut ws = open(&sh.url, &sh.key, sh.connect_timeout).await?;
-    ws.send(Message::text(sh.setup.to_string()))
+    ws.send(Message::text(setup))
         .await
         .map_err(|e| ws::ws_error(&e))?;
     // Wait for `ready` (unknown messages before it are ignored).
