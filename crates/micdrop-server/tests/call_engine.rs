@@ -314,6 +314,7 @@ async fn unpaced_audio_goes_out_as_fast_as_it_comes() {
     );
 }
 
+#[cfg(feature = "sim")]
 #[tokio::test]
 async fn paced_audio_a_barge_in_gets_no_frame_of_the_cancelled_answer_provider_stack() {
     use micdrop_server::App;
