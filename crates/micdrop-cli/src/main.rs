@@ -6,6 +6,7 @@ mod bench;
 mod bench_sim;
 mod call;
 mod live;
+mod models;
 
 /// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
 #[derive(Debug, Parser)]
@@ -36,6 +37,8 @@ enum Command {
     Call(call::CallArgs),
     /// Load test: N simulated callers against a server (default: in-process, simulated providers).
     Bench(bench::BenchArgs),
+    /// Local models (Whisper, Piper voices, onnxruntime): list, pull (see docs/local.md).
+    Models(models::ModelsArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -61,5 +64,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Sim(args) => micdrop_sim::cli::run(args).await,
         Command::Call(args) => call::call(args).await,
         Command::Bench(args) => bench::bench(args).await,
+        Command::Models(args) => models::run(args).await,
     }
 }
