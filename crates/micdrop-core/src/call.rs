@@ -23,8 +23,8 @@ use crate::agent::{Agent, AgentEvent};
 use crate::conversation::{Conversation, ConversationItem, Role};
 use crate::error::MicdropError;
 use crate::protocol::{
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_BIG, ClientCommand, ClientFrame,
-    PcmAligner, ServerFrame, WsMessage, decode_client_frame,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientCommand, ClientFrame, PcmAligner, ServerFrame, WsMessage,
+    decode_client_frame,
 };
 use crate::socket::{SocketSink, SocketStream};
 use crate::stt::{STT_COMMAND_CAPACITY, SpeechToText, SttCommand, SttEvent, SttSessionIo};
@@ -190,8 +190,8 @@ pub enum EndReason {
     Shutdown,
     /// The embedding code hung up.
     HungUp,
-    /// A socket error (oversized frame, transport failure).
-    SocketError(String),
+    /// A socket error (protocol error, invalid UTF-8, oversized frame, lost connection).
+    SocketError(crate::socket::SocketError),
 }
 
 /// The end of a call, given to the embedding code (Micdrop's `End` event).
@@ -283,11 +283,21 @@ pub async fn reject(mut sink: SocketSink, error: &MicdropError) {
     send_close(&mut sink, error.code, error.message.clone()).await;
 }
 
-/// Sends a close frame and flushes it (at most 2 s: a dead peer must not hold the call).
+/// Sends a close frame and flushes it (at most 2 s: a dead peer must not hold the call). Codes
+/// that RFC 6455 reserves for reports (1005, 1006, 1015) are never sent; a sink that failed is
+/// not touched again.
 async fn send_close(sink: &mut SocketSink, code: u16, reason: String) {
+    if matches!(code, 1005 | 1006 | 1015) {
+        return;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = sink.send(WsMessage::Close(Some((code, reason)))).await;
-        let _ = sink.close().await;
+        if sink
+            .send(WsMessage::Close(Some((code, reason))))
+            .await
+            .is_ok()
+        {
+            let _ = sink.close().await;
+        }
     })
     .await;
 }
@@ -544,22 +554,15 @@ impl CallTask {
                     match msg {
                         None => break (EndReason::ClientClosed, None),
                         Some(Err(e)) => {
-                            let lower = e.0.to_lowercase();
-                            let code = if lower.contains("too big")
-                                || lower.contains("too long")
-                                || lower.contains("size")
-                            {
-                                CLOSE_TOO_BIG
+                            // The error's type picks the close code (1002, 1007, 1009, 1011);
+                            // a lost connection gets none.
+                            if e.is_disconnect() {
+                                info!(error = %e, "connection lost");
                             } else {
-                                CLOSE_INTERNAL
-                            };
-                            warn!(error = %e.0, "socket error");
-                            let reason = if code == CLOSE_TOO_BIG {
-                                "Frame too big"
-                            } else {
-                                "Socket error"
-                            };
-                            break (EndReason::SocketError(e.0), Some((code, reason.into())));
+                                warn!(error = %e, "socket error");
+                            }
+                            let close = e.close_code().map(|c| (c, e.close_reason().to_owned()));
+                            break (EndReason::SocketError(e), close);
                         }
                         Some(Ok(msg)) => match decode_client_frame(msg) {
                             ClientFrame::Close => break (EndReason::ClientClosed, None),

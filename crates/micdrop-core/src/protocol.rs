@@ -30,6 +30,14 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a frame was larger than the configured limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the peer broke the WebSocket protocol (RFC 6455: bad RSV bits, an unmasked client
+/// frame, an unknown opcode, a control frame over 125 bytes, ...).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: a text frame that is not valid UTF-8 (RFC 6455 "invalid frame payload data").
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code for the abnormal end of a connection (no close frame): RFC 6455 reserves it for
+/// reports; it is never sent in a close frame.
+pub const CLOSE_ABNORMAL: u16 = 1006;
 
 /// A command sent by the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -68,7 +68,7 @@ async fn no_audio_of_a_cancelled_answer_after_start_speaking_is_read() {
             log: reads.clone(),
         });
         let sink: SocketSink = Box::pin(Counted {
-            inner: call_tx.sink_map_err(|e| SocketError(e.to_string())),
+            inner: call_tx.sink_map_err(|e| SocketError::Disconnected(e.to_string())),
             clock: clock.clone(),
             log: writes.clone(),
         });

@@ -39,6 +39,7 @@ use url::Url;
 use crate::fallback::{FallbackModel, FallbackStt, FallbackTts};
 use crate::gladia::GladiaStt;
 use crate::gradium::{GradiumStt, GradiumTts};
+use crate::link::LinkPolicy;
 use crate::mistral::{
     ChatSettings, Dialect, MISTRAL_BASE_URL, MISTRAL_DEFAULT_MODEL, MistralModel, MistralOptions,
 };
@@ -736,6 +737,12 @@ pub struct GladiaConfig {
     /// Keep-alive: an empty audio chunk after this long without audio (Gladia closes idle
     /// sessions after ~30 s).
     pub keepalive_ms: u64,
+    /// Open the provider session only when needed (STT: when the user starts speaking, audio
+    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
+    /// without work. Default `false`: opened when the call starts and kept open.
+    pub on_demand: bool,
+    /// With `on_demand`: close the session after this long without work.
+    pub idle_close_ms: u64,
 }
 
 impl Default for GladiaConfig {
@@ -760,6 +767,8 @@ impl Default for GladiaConfig {
             retry_delay_ms: 1000,
             max_retry_delay_ms: 8000,
             keepalive_ms: 10_000,
+            on_demand: false,
+            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
         }
     }
 }
@@ -786,9 +795,33 @@ impl GladiaConfig {
         }
     }
 
+    /// When the session's link opens and closes.
+    pub fn link_policy(&self) -> LinkPolicy {
+        link_policy(self.retry(), self.on_demand, self.idle_close_ms, 0)
+    }
+
     fn key(&self, label: &str) -> Result<ApiKey, ConfigError> {
         resolve_key(&self.api_key, &self.api_key_env, label)
     }
+}
+
+/// Default `idle_close_ms` of on-demand sessions.
+pub const DEFAULT_IDLE_CLOSE_MS: u64 = 20_000;
+/// Default `max_session_age_ms` of Gradium sockets: a margin below the 300 s cap.
+pub const DEFAULT_GRADIUM_MAX_AGE_MS: u64 = 240_000;
+
+fn link_policy(
+    retry: RetryPolicy,
+    on_demand: bool,
+    idle_close_ms: u64,
+    max_age_ms: u64,
+) -> LinkPolicy {
+    let base = if on_demand {
+        LinkPolicy::on_demand(retry, ms(idle_close_ms))
+    } else {
+        LinkPolicy::eager(retry)
+    };
+    base.with_max_age((max_age_ms > 0).then(|| ms(max_age_ms)))
 }
 
 fn resolve_key(key: &Option<ApiKey>, env: &str, label: &str) -> Result<ApiKey, ConfigError> {
@@ -885,6 +918,15 @@ pub struct GradiumSttConfig {
     pub retry_delay_ms: u64,
     /// Longest reconnection delay.
     pub max_retry_delay_ms: u64,
+    /// Open the provider session only when needed (STT: when the user starts speaking, audio
+    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
+    /// without work. Default `false`: opened when the call starts and kept open.
+    pub on_demand: bool,
+    /// With `on_demand`: close the session after this long without work.
+    pub idle_close_ms: u64,
+    /// Replace the socket between turns/utterances once it is this old, before Gradium's 300 s
+    /// session cap ends it (0: never). A cap reached in the middle of work reconnects anyway.
+    pub max_session_age_ms: u64,
 }
 
 impl Default for GradiumSttConfig {
@@ -903,6 +945,9 @@ impl Default for GradiumSttConfig {
             max_retries: 3,
             retry_delay_ms: 1000,
             max_retry_delay_ms: 8000,
+            on_demand: false,
+            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
+            max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
         }
     }
 }
@@ -915,6 +960,16 @@ impl GradiumSttConfig {
             &self.base_url,
             self.region,
             "api/speech/asr",
+        )
+    }
+
+    /// When the session's link opens, closes and is recycled.
+    pub fn link_policy(&self) -> LinkPolicy {
+        link_policy(
+            self.retry(),
+            self.on_demand,
+            self.idle_close_ms,
+            self.max_session_age_ms,
         )
     }
 
@@ -1013,6 +1068,15 @@ pub struct GradiumTtsConfig {
     pub retry_delay_ms: u64,
     /// Longest reconnection delay.
     pub max_retry_delay_ms: u64,
+    /// Open the provider session only when needed (STT: when the user starts speaking, audio
+    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
+    /// without work. Default `false`: opened when the call starts and kept open.
+    pub on_demand: bool,
+    /// With `on_demand`: close the session after this long without work.
+    pub idle_close_ms: u64,
+    /// Replace the socket between turns/utterances once it is this old, before Gradium's 300 s
+    /// session cap ends it (0: never). A cap reached in the middle of work reconnects anyway.
+    pub max_session_age_ms: u64,
 }
 
 impl Default for GradiumTtsConfig {
@@ -1036,6 +1100,9 @@ impl Default for GradiumTtsConfig {
             max_retries: 3,
             retry_delay_ms: 500,
             max_retry_delay_ms: 8000,
+            on_demand: false,
+            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
+            max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
         }
     }
 }
@@ -1048,6 +1115,16 @@ impl GradiumTtsConfig {
             &self.base_url,
             self.region,
             "api/speech/tts",
+        )
+    }
+
+    /// When the session's link opens, closes and is recycled.
+    pub fn link_policy(&self) -> LinkPolicy {
+        link_policy(
+            self.retry(),
+            self.on_demand,
+            self.idle_close_ms,
+            self.max_session_age_ms,
         )
     }
 

@@ -11,6 +11,8 @@
 //! - [`gladia`]: [`GladiaStt`]; [`gradium`]: [`GradiumTts`] and [`GradiumStt`].
 //! - [`fallback`]: [`FallbackModel`], [`FallbackStt`], [`FallbackTts`].
 //! - [`retry`], [`http`], [`secret`]: retries with backoff, error bodies, redacted keys.
+//! - [`link`]: the reconnecting WebSocket link of the Gladia and Gradium sessions (backoff,
+//!   bounded retries, on-demand opening, idle close, recycling before a session cap).
 //! - [`audio`], [`text`]: resampling and word/sentence chunking; [`ws`]: WebSocket plumbing.
 //!
 //! ```no_run
@@ -31,6 +33,7 @@ pub mod fallback;
 pub mod gladia;
 pub mod gradium;
 pub mod http;
+pub mod link;
 pub mod mistral;
 pub mod retry;
 pub mod secret;

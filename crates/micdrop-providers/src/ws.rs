@@ -1,10 +1,8 @@
 //! WebSocket plumbing shared by the Gladia and Gradium sessions: connecting with headers and a
-//! timeout, and small helpers for `select!` loops over optional futures.
+//! timeout, close frames and errors, and a sleep for `select!` loops over an optional deadline.
 
-use std::future::Future;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use micdrop_core::ProviderErrorKind;
 use tokio::net::TcpStream;
@@ -95,34 +93,10 @@ pub async fn close(mut ws: WsStream) {
     .await;
 }
 
-/// The next message of an optional socket (pending forever without a socket).
-pub async fn next_msg(ws: &mut Option<WsStream>) -> Option<Result<Message, tungstenite::Error>> {
-    match ws {
-        Some(w) => w.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Awaits an optional boxed future (pending forever when `None`).
-pub async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Sleeps until `at` (forever when `None`).
 pub async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Boxes a future for [`poll_opt`].
-pub fn boxed<T, F>(f: F) -> BoxFuture<'static, T>
-where
-    F: Future<Output = T> + Send + 'static,
-{
-    Box::pin(f)
 }

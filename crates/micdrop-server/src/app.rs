@@ -34,6 +34,9 @@ pub enum AppError {
     /// The simulator script is wrong.
     #[error("simulator script: {0}")]
     Sim(String),
+    /// The store could not start.
+    #[error("{0}")]
+    Store(String),
     /// Binding the address failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -67,6 +70,8 @@ pub struct App {
     pub sim: Option<SimHandle>,
     /// The WebSocket path.
     pub path: String,
+    /// The conversation store (`[store]`).
+    pub store: Option<Arc<micdrop_store::CallStore>>,
 }
 
 impl App {
@@ -135,6 +140,18 @@ impl App {
         {
             template = template.first_message(first);
         }
+        let store = match &config.store {
+            Some(sc) => Some(
+                micdrop_store::CallStore::start(sc.clone())
+                    .await
+                    .map_err(|e| AppError::Store(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let store_hook = store.clone().map(|store| crate::persist::StoreHook {
+            store,
+            provider_hosts: hosts.clone(),
+        });
         let factory: crate::server::CallFactory = Arc::new(move |_params| {
             // The EU data policy's audit line: which hosts this call reaches (never keys or
             // content).
@@ -145,6 +162,16 @@ impl App {
         options.path = config.server.path.clone();
         options.max_frame_bytes = config.server.max_frame_bytes;
         options.max_calls = config.server.max_calls;
+        options.store = store_hook;
+        if let (Some(admin), Some(store)) = (&config.admin, &store) {
+            let tokens = admin.tokens();
+            if tokens.is_empty() {
+                return Err(AppError::Config(crate::config::ConfigError::Invalid(
+                    "[admin] is set but no token is available (bearer_tokens, or the variable of bearer_tokens_env is empty)".into(),
+                )));
+            }
+            options.routes = Some(crate::admin::routes(store.clone(), tokens));
+        }
         if let Some(auth) = &config.auth {
             options.bearer_tokens = auth.tokens();
             if options.bearer_tokens.is_empty() {
@@ -177,12 +204,17 @@ impl App {
             server,
             sim,
             path: config.server.path,
+            store,
         })
     }
 
     /// Stops the server (calls close with 1001 and get their end), then the simulators.
     pub async fn shutdown(self, grace: Duration) {
         self.server.shutdown(grace).await;
+        if let Some(store) = self.store {
+            // Queued writes (the calls' ends) are written before exit.
+            store.shutdown(Duration::from_secs(5)).await;
+        }
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }

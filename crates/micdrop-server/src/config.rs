@@ -21,6 +21,19 @@
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
 //! bearer_tokens_env = "MICDROP_BEARER_TOKENS"  # comma-separated tokens from the environment
+//!
+//! [store]                         # optional: without it nothing is persisted (docs/store.md)
+//! url = "sqlite://micdrop-data/micdrop.db"   # or postgres://user:pass@host:5432/db
+//! create_on_unknown = false       # unknown params conversation_id: 4404 (true: create it)
+//! record_audio = false            # stereo WAV per call under recordings_dir
+//! recordings_dir = "micdrop-data/recordings"
+//! retention_days = 0              # 0: keep forever
+//! webhook_url = "https://..."     # POST each call at its end, signed (X-Micdrop-Signature)
+//! webhook_secret_env = "MICDROP_WEBHOOK_SECRET"
+//!
+//! [admin]                         # the admin API under /api (needs [store])
+//! bearer_tokens = ["..."]         # admin tokens (never call tokens)
+//! bearer_tokens_env = "MICDROP_ADMIN_TOKENS"
 //! ```
 
 use std::path::Path;
@@ -204,6 +217,27 @@ impl AuthSection {
     }
 }
 
+/// `[admin]`: the admin API's tokens (separate from the call tokens of `[auth]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Accepted admin bearer tokens.
+    pub bearer_tokens: Vec<String>,
+    /// An environment variable holding more admin tokens, comma-separated.
+    pub bearer_tokens_env: Option<String>,
+}
+
+impl AdminSection {
+    /// Every accepted admin token (file and environment).
+    pub fn tokens(&self) -> Vec<String> {
+        AuthSection {
+            bearer_tokens: self.bearer_tokens.clone(),
+            bearer_tokens_env: self.bearer_tokens_env.clone(),
+        }
+        .tokens()
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +248,10 @@ pub struct Config {
     pub call: CallSection,
     /// `[auth]` (optional).
     pub auth: Option<AuthSection>,
+    /// `[store]` (optional): the conversation store (docs/store.md).
+    pub store: Option<micdrop_store::StoreConfig>,
+    /// `[admin]` (optional): the admin API (needs `[store]`).
+    pub admin: Option<AdminSection>,
     /// `[agent]`: the agent's model provider (see docs/providers.md).
     pub agent: AgentProviderConfig,
     /// `[stt]`: speech-to-text provider.
@@ -282,6 +320,32 @@ impl Config {
         if let Some(sim) = &self.sim {
             sim.validate()
                 .map_err(|e| ConfigError::Invalid(format!("[sim] {e}")))?;
+        }
+        if let Some(store) = &self.store {
+            store.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(admin) = &self.admin {
+            if self.store.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[admin] needs a [store] (the admin API serves stored calls)".into(),
+                ));
+            }
+            if admin.bearer_tokens.is_empty() && admin.bearer_tokens_env.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[admin] needs bearer_tokens or bearer_tokens_env".into(),
+                ));
+            }
+            if let Some(auth) = &self.auth {
+                if admin
+                    .bearer_tokens
+                    .iter()
+                    .any(|t| auth.bearer_tokens.contains(t))
+                {
+                    return Err(ConfigError::Invalid(
+                        "[admin] bearer_tokens must differ from the call tokens of [auth]".into(),
+                    ));
+                }
+            }
         }
         if let Some(auth) = &self.auth {
             if auth.bearer_tokens.is_empty() && auth.bearer_tokens_env.is_none() {

@@ -6,9 +6,11 @@
 //! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
 //! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod persist;
 pub mod server;
 
 pub use app::{App, AppError, build_agent};

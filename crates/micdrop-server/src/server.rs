@@ -56,6 +56,10 @@ pub struct ServerOptions {
     pub serve_assets: bool,
     /// Called at the end of each call.
     pub on_end: Option<EndHook>,
+    /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
+    pub store: Option<crate::persist::StoreHook>,
+    /// More routes on the same listener (the admin API).
+    pub routes: Option<Router>,
 }
 
 impl ServerOptions {
@@ -70,6 +74,8 @@ impl ServerOptions {
             max_calls: DEFAULT_MAX_CALLS,
             serve_assets: true,
             on_end: None,
+            store: None,
+            routes: None,
         }
     }
 
@@ -177,7 +183,12 @@ fn router(state: Arc<AppState>) -> Router {
             }
         }
     }
-    app.with_state(state)
+    let extra = state.options.routes.clone();
+    let app = app.with_state(state);
+    match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    }
 }
 
 fn asset(name: &str) -> Response {
@@ -225,7 +236,15 @@ async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) 
 async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocket) {
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
-    let params = if opts.require_params || !opts.bearer_tokens.is_empty() {
+    let params = if let (Some(hook), false) = (
+        &opts.store,
+        opts.require_params || !opts.bearer_tokens.is_empty(),
+    ) {
+        let wait = Duration::from_millis(hook.store.config().params_wait_ms);
+        let (params, rest) = crate::persist::optional_params(stream, wait).await;
+        stream = rest;
+        params
+    } else if opts.require_params || !opts.bearer_tokens.is_empty() {
         match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -252,8 +271,21 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
             return;
         }
     };
-    let config = config.shutdown(state.shutdown.child_token());
+    let mut config = config.shutdown(state.shutdown.child_token());
+    let mut session = None;
+    if let Some(hook) = &opts.store {
+        match crate::persist::begin(hook, config, params.as_ref()).await {
+            Ok((c, s)) => (config, session) = (c, Some(s)),
+            Err(e) => {
+                reject(sink, &e).await;
+                return;
+            }
+        }
+    }
     let end = run_call(config, sink, stream).await;
+    if let Some(session) = session {
+        session.finish(&end).await;
+    }
     if let Some(hook) = &opts.on_end {
         hook(end);
     }

@@ -65,6 +65,9 @@ pub(crate) struct LiveConfig {
     post_processing: bool,
     acks: bool,
     lifecycle: bool,
+    /// `custom_metadata.micdrop_call`: the client's call, whose transcripts continue across its
+    /// sessions.
+    call: Option<String>,
 }
 
 impl LiveConfig {
@@ -137,6 +140,7 @@ pub(crate) fn validate_init(body: &Value) -> Result<LiveConfig, Vec<String>> {
         post_processing: true,
         acks: true,
         lifecycle: false,
+        call: None,
     };
     let mut encoding = "wav/pcm".to_string();
     for (k, v) in obj {
@@ -168,6 +172,10 @@ pub(crate) fn validate_init(body: &Value) -> Result<LiveConfig, Vec<String>> {
                 if !v.is_object() {
                     errors.push("custom_metadata must be an object".into());
                 }
+                cfg.call = v
+                    .get("micdrop_call")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
             }
             "model" => {
                 if v.as_str() != Some("solaria-1") {
@@ -684,7 +692,11 @@ impl Session {
                 cfg.endpointing,
                 cfg.max_without_endpointing,
             ),
-            transcripts: state.transcripts(),
+            transcripts: {
+                let mut t = state.transcripts();
+                t.set_call(cfg.call.as_deref());
+                t
+            },
             language: cfg
                 .language
                 .clone()
@@ -797,6 +809,7 @@ impl Session {
         out: &mut Vec<Value>,
     ) {
         let text = Self::utt_text(&utt, end);
+        self.transcripts.finalized();
         let fin = self.transcript(&utt, &text, end, true);
         self.utterances.push(fin["data"]["utterance"].clone());
         if self.cfg.finals {

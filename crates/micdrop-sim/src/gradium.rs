@@ -1166,6 +1166,7 @@ impl SttSession {
     /// Ends the utterance: its remaining words are due at `at` (audio time).
     fn end_utt(&mut self, start: f64, end: f64, at: f64) {
         let Some(mut u) = self.utt.take() else { return };
+        self.transcripts.finalized();
         let words = u.words.take().unwrap_or_else(|| {
             heard((end - start).max(0.1))
                 .split_whitespace()
@@ -1428,6 +1429,8 @@ async fn run_stt(
                         }
                     }
                     s.rate = if rate == 0 { 24000 } else { rate };
+                    // A client that names its call continues the call's transcripts.
+                    s.transcripts.set_call(v["client_req_id"].as_str());
                     s.codec_is_wav = codec == Codec::Wav;
                     s.decoder = Some(Decoder::new(
                         match codec {

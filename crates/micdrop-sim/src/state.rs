@@ -134,6 +134,8 @@ pub(crate) struct SimState {
     gradium_stt: AtomicCounters,
     mistral: AtomicCounters,
     global_transcripts: AtomicUsize,
+    /// Per-call transcript cursors (`Session` scope, clients that name their call).
+    call_transcripts: Mutex<std::collections::HashMap<String, usize>>,
     pub(crate) mistral_reply_cursor: AtomicUsize,
     pub(crate) mistral_bucket: Mutex<(f64, std::time::Instant)>,
     pub(crate) shutdown: CancellationToken,
@@ -151,6 +153,7 @@ impl SimState {
             gradium_stt: AtomicCounters::default(),
             mistral: AtomicCounters::default(),
             global_transcripts: AtomicUsize::new(0),
+            call_transcripts: Mutex::new(Default::default()),
             mistral_reply_cursor: AtomicUsize::new(0),
             mistral_bucket: Mutex::new((f64::NAN, std::time::Instant::now())),
             shutdown: CancellationToken::new(),
@@ -243,36 +246,90 @@ impl SimState {
         Transcripts {
             state: self.clone(),
             local: 0,
+            call: None,
+            inflight: 0,
+        }
+    }
+
+    fn call_cursor(&self, call: &str) -> usize {
+        self.call_transcripts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(call).copied())
+            .unwrap_or(0)
+    }
+
+    fn advance_call(&self, call: &str) {
+        if let Ok(mut m) = self.call_transcripts.lock() {
+            if m.len() >= MAX_CALL_CURSORS && !m.contains_key(call) {
+                // A long-running simulator: forget old calls rather than grow without bound.
+                m.clear();
+            }
+            *m.entry(call.to_owned()).or_insert(0) += 1;
         }
     }
 }
 
+/// Calls whose transcript cursor is remembered at once.
+const MAX_CALL_CURSORS: usize = 100_000;
+
 /// Hands out scripted transcripts, one per utterance.
+///
+/// In `Session` scope, a session whose client names its call (Gladia `custom_metadata.micdrop_call`,
+/// Gradium STT `client_req_id`) continues the call's script: a call that closes its idle session and
+/// opens a new one at the next turn hears the next transcript, not the first again. The call's
+/// cursor moves when an utterance is finalized, so an utterance cut by a dropped connection and
+/// replayed on a new session gets the same transcript.
 pub(crate) struct Transcripts {
     state: Arc<SimState>,
     local: usize,
+    call: Option<String>,
+    /// Utterances of this session started but not finalized (call-scoped cursor).
+    inflight: usize,
 }
 
 impl std::fmt::Debug for Transcripts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transcripts")
             .field("local", &self.local)
+            .field("call", &self.call)
             .finish()
     }
 }
 
 impl Transcripts {
+    /// Continues the script of `call` (empty: this session's own script).
+    pub(crate) fn set_call(&mut self, call: Option<&str>) {
+        self.call = call.filter(|c| !c.is_empty()).map(str::to_owned);
+    }
+
     /// The next scripted utterance, or `None` when the script ran out.
     pub(crate) fn next(&mut self) -> Option<String> {
         let script = self.state.script.read().ok()?;
-        let i = match script.transcript_scope {
-            TranscriptScope::Session => {
+        let i = match (script.transcript_scope, &self.call) {
+            (TranscriptScope::Session, Some(call)) => {
+                self.inflight += 1;
+                self.state.call_cursor(call) + self.inflight - 1
+            }
+            (TranscriptScope::Session, None) => {
                 self.local += 1;
                 self.local - 1
             }
-            TranscriptScope::Global => self.state.global_transcripts.fetch_add(1, Ordering::SeqCst),
+            (TranscriptScope::Global, _) => {
+                self.state.global_transcripts.fetch_add(1, Ordering::SeqCst)
+            }
         };
         script.transcripts.get(i).cloned()
+    }
+
+    /// The utterance started last-but-`inflight` was finalized: the call's script moves on.
+    pub(crate) fn finalized(&mut self) {
+        if let Some(call) = &self.call {
+            if self.inflight > 0 {
+                self.inflight -= 1;
+                self.state.advance_call(call);
+            }
+        }
     }
 }
 

@@ -20,9 +20,9 @@ use url::Url;
 use super::messages::{ServerMessage, parse_message};
 use super::{error_kind, id_string, open};
 use crate::config::{ConfigError, GradiumSttConfig};
-use crate::retry::RetryPolicy;
+use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
-use crate::ws::{self, WsStream, boxed, next_msg, poll_opt, sleep_opt};
+use crate::ws::{self, WsStream, sleep_opt};
 
 const NAME: &str = "gradium-stt";
 
@@ -39,7 +39,7 @@ struct Shared {
     setup: Value,
     connect_timeout: Duration,
     transcription_timeout: Duration,
-    retry: RetryPolicy,
+    link: LinkPolicy,
 }
 
 impl GradiumStt {
@@ -71,7 +71,7 @@ impl GradiumStt {
                 setup,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 transcription_timeout: Duration::from_millis(config.transcription_timeout_ms),
-                retry: config.retry(),
+                link: config.link_policy(),
             }),
         })
     }
@@ -98,15 +98,33 @@ struct Finalizing {
     heard_server: bool,
 }
 
+/// Opens a Gradium STT socket: handshake, `setup`, then `ready`.
+struct SttConnector {
+    sh: Arc<Shared>,
+    /// `setup` with this call's `client_req_id` (a random id: the sockets of one call can be
+    /// told apart, and the simulator continues the call's transcripts across them).
+    setup: Arc<str>,
+}
+
+impl Connector for SttConnector {
+    type Info = ();
+
+    fn connect(&mut self) -> BoxFuture<'static, Result<(WsStream, ()), ConnectFailure>> {
+        let sh = self.sh.clone();
+        let setup = self.setup.clone();
+        Box::pin(async move {
+            let ws = connect(&sh, &setup).await?;
+            Ok((ws, ()))
+        })
+    }
+}
+
 struct Session {
     sh: Arc<Shared>,
     io: SttSessionIo,
-    ws: Option<WsStream>,
-    connecting: Option<BoxFuture<'static, Result<WsStream, ProviderErrorKind>>>,
-    retry_at: Option<Instant>,
-    retries: u32,
-    last_error: Option<ProviderErrorKind>,
-    exhausted: bool,
+    link: Link<SttConnector>,
+    /// Gave up on the current turn (its audio went to `Failed`): no reconnection until the
+    /// next turn.
     failed: bool,
     turn_open: bool,
     /// Audio of the current turn, and whether it was sent on the current socket.
@@ -114,71 +132,76 @@ struct Session {
     words: Vec<String>,
     next_flush: u64,
     finalizing: Option<Finalizing>,
+    /// The last `error` message of the current socket (its close follows).
+    server_error: Option<ProviderErrorKind>,
 }
 
 enum Wake {
     Cmd(Option<SttCommand>),
-    Connected(Box<Result<WsStream, ProviderErrorKind>>),
-    Ws(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-    RetryDue,
+    Link(LinkEvent<()>),
     Deadline,
 }
 
 impl Session {
     fn new(sh: Arc<Shared>, io: SttSessionIo) -> Self {
+        let mut setup = sh.setup.clone();
+        setup["client_req_id"] = json!(crate::gladia::call_id());
+        let connector = SttConnector {
+            sh: sh.clone(),
+            setup: setup.to_string().into(),
+        };
+        let link = Link::new(NAME, connector, sh.link)
+            .with_goodbye(Message::text(r#"{"type":"end_of_stream"}"#));
         Self {
             sh,
             io,
-            ws: None,
-            connecting: None,
-            retry_at: None,
-            retries: 0,
-            last_error: None,
-            exhausted: false,
+            link,
             failed: false,
             turn_open: false,
             pending: VecDeque::new(),
             words: Vec::new(),
             next_flush: 1,
             finalizing: None,
+            server_error: None,
         }
     }
 
     async fn run(mut self) {
-        self.ensure_connection();
         loop {
             let deadline = self.finalizing.as_ref().map(|f| f.deadline);
             let wake = tokio::select! {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
-                r = poll_opt(&mut self.connecting) => Wake::Connected(Box::new(r)),
-                m = next_msg(&mut self.ws) => Wake::Ws(m),
-                _ = sleep_opt(self.retry_at) => Wake::RetryDue,
+                e = self.link.next() => Wake::Link(e),
                 _ = sleep_opt(deadline) => Wake::Deadline,
             };
             let ok = match wake {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(c)) => self.on_command(c).await,
-                Wake::Connected(r) => {
-                    self.connecting = None;
-                    self.on_connected(*r).await
+                Wake::Link(LinkEvent::Connected(())) => self.on_connected().await,
+                Wake::Link(LinkEvent::Message(m)) => self.on_message(m).await,
+                Wake::Link(LinkEvent::Lost(kind)) => {
+                    self.on_lost(kind);
+                    true
                 }
-                Wake::Ws(m) => self.on_ws(m).await,
-                Wake::RetryDue => {
-                    self.retry_at = None;
-                    self.start_connecting();
+                Wake::Link(LinkEvent::GaveUp(kind)) => self.give_up(kind).await,
+                Wake::Link(LinkEvent::Closed) => {
+                    self.words.clear();
                     true
                 }
                 Wake::Deadline => self.on_deadline().await,
             };
-            if !ok || !self.maybe_give_up().await {
+            self.link.set_busy(self.active());
+            if !ok {
                 break;
             }
         }
-        if let Some(mut w) = self.ws.take() {
-            let _ = w.send(Message::text(r#"{"type":"end_of_stream"}"#)).await;
-            ws::close(w).await;
-        }
+        self.link.close();
+    }
+
+    /// A turn is open or being finalized.
+    fn active(&self) -> bool {
+        self.turn_open || self.finalizing.is_some()
     }
 
     async fn emit(&mut self, ev: SttEvent) -> bool {
@@ -186,15 +209,9 @@ impl Session {
     }
 
     fn ensure_connection(&mut self) {
-        if self.ws.is_none() && self.connecting.is_none() && self.retry_at.is_none() && !self.failed
-        {
-            self.start_connecting();
+        if !self.failed {
+            self.link.open();
         }
-    }
-
-    fn start_connecting(&mut self) {
-        let sh = self.sh.clone();
-        self.connecting = Some(boxed(async move { connect(&sh).await }));
     }
 
     async fn on_command(&mut self, cmd: SttCommand) -> bool {
@@ -211,10 +228,7 @@ impl Session {
                 self.turn_open = true;
                 self.pending.clear();
                 self.words.clear();
-                if self.failed {
-                    self.failed = false;
-                    self.retries = 0;
-                }
+                self.failed = false;
                 self.ensure_connection();
             }
             SttCommand::Audio(data) => {
@@ -222,7 +236,7 @@ impl Session {
                     return true;
                 }
                 self.pending.push_back((false, data));
-                if self.ws.is_some() {
+                if self.link.is_up() {
                     self.flush_pending().await;
                 } else {
                     self.ensure_connection();
@@ -240,7 +254,7 @@ impl Session {
                     deadline: Instant::now() + self.sh.transcription_timeout,
                     heard_server: false,
                 });
-                if self.ws.is_some() {
+                if self.link.is_up() {
                     self.send_flush(flush_id).await;
                 } else {
                     self.ensure_connection();
@@ -265,7 +279,7 @@ impl Session {
     async fn send_flush(&mut self, flush_id: u64) {
         // A number, as Micdrop sends it (the docs show both forms; the server echoes it).
         let msg = json!({"type": "flush", "flush_id": flush_id}).to_string();
-        self.send(Message::text(msg)).await;
+        self.link.send(Message::text(msg)).await;
     }
 
     async fn flush_pending(&mut self) {
@@ -277,89 +291,32 @@ impl Session {
             }
         }
         for m in out {
-            if !self.send(Message::text(m)).await {
+            if !self.link.send(Message::text(m)).await {
                 return;
             }
         }
     }
 
-    async fn send(&mut self, msg: Message) -> bool {
-        let Some(ws) = self.ws.as_mut() else {
-            return false;
-        };
-        match ws.send(msg).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.lost(ws::ws_error(&e));
-                false
-            }
+    async fn on_connected(&mut self) -> bool {
+        debug!("gradium stt connected");
+        self.server_error = None;
+        // A new socket knows nothing: replay the whole turn, forget half-heard words.
+        for p in self.pending.iter_mut() {
+            p.0 = false;
         }
-    }
-
-    async fn on_connected(&mut self, r: Result<WsStream, ProviderErrorKind>) -> bool {
-        match r {
-            Ok(ws) => {
-                debug!("gradium stt connected");
-                self.ws = Some(ws);
-                // A new socket knows nothing: replay the whole turn, forget half-heard words.
-                for p in self.pending.iter_mut() {
-                    p.0 = false;
-                }
-                self.words.clear();
-                self.flush_pending().await;
-                if let Some(f) = self.finalizing.as_mut() {
-                    f.deadline = Instant::now() + self.sh.transcription_timeout;
-                    f.heard_server = false;
-                    let id = f.flush_id;
-                    self.send_flush(id).await;
-                }
-                true
-            }
-            Err(kind) if !kind.is_retryable() => self.give_up(kind).await,
-            Err(kind) => {
-                self.lost(kind);
-                true
-            }
+        self.words.clear();
+        self.flush_pending().await;
+        if let Some(f) = self.finalizing.as_mut() {
+            f.deadline = Instant::now() + self.sh.transcription_timeout;
+            f.heard_server = false;
+            let id = f.flush_id;
+            self.send_flush(id).await;
         }
-    }
-
-    fn lost(&mut self, kind: ProviderErrorKind) {
-        self.ws = None;
-        self.last_error = Some(kind.clone());
-        if self.retry_at.is_some() || self.connecting.is_some() || self.failed {
-            return;
-        }
-        if self.sh.retry.allows(self.retries) {
-            let delay = self.sh.retry.delay(self.retries);
-            warn!(error = %kind, retry = self.retries + 1, "gradium stt connection lost; reconnecting");
-            self.retries += 1;
-            self.retry_at = Some(Instant::now() + delay);
-        } else {
-            self.exhausted = true;
-        }
-    }
-
-    async fn maybe_give_up(&mut self) -> bool {
-        if !self.exhausted {
-            return true;
-        }
-        self.exhausted = false;
-        let last = self
-            .last_error
-            .clone()
-            .unwrap_or_else(|| ProviderErrorKind::Network("connection lost".into()));
-        self.give_up(ProviderErrorKind::Exhausted {
-            attempts: self.retries + 1,
-            last: last.to_string(),
-        })
-        .await
+        true
     }
 
     async fn give_up(&mut self, kind: ProviderErrorKind) -> bool {
         self.failed = true;
-        self.retry_at = None;
-        self.connecting = None;
-        self.ws = None;
         self.finalizing = None;
         self.words.clear();
         let pending: Vec<Bytes> = self.pending.drain(..).map(|(_, d)| d).collect();
@@ -371,44 +328,25 @@ impl Session {
         .await
     }
 
-    fn on_closed(&mut self, kind: ProviderErrorKind) {
-        self.ws = None;
-        let active = self.turn_open || self.finalizing.is_some();
-        if !active {
-            // Nothing to transcribe (e.g. the 300 s session cap): reopen at the next turn.
+    /// The socket is gone. During a turn: reconnect and replay the turn, also after a normal or
+    /// 1008 close of a socket that worked (Gradium's 300 s session cap); a refusal of a socket
+    /// that never worked gives up. Idle: reopened at the next turn.
+    fn on_lost(&mut self, kind: ProviderErrorKind) {
+        let kind = self.server_error.take().unwrap_or(kind);
+        if !self.active() {
             debug!(error = %kind, "gradium stt socket closed while idle; will reopen at the next turn");
             return;
         }
-        if !kind.is_retryable() {
-            self.last_error = Some(kind);
-            self.exhausted = true;
-            return;
+        if kind.is_retryable() || self.link.socket_worked() {
+            self.link.reconnect(kind);
+        } else {
+            self.link.fail(kind);
         }
-        self.lost(kind);
     }
 
-    async fn on_ws(
-        &mut self,
-        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> bool {
-        let text = match m {
-            None => {
-                self.on_closed(ProviderErrorKind::Closed {
-                    code: 1006,
-                    reason: "stream ended".into(),
-                });
-                return true;
-            }
-            Some(Err(e)) => {
-                self.on_closed(ws::ws_error(&e));
-                return true;
-            }
-            Some(Ok(Message::Text(t))) => t.to_string(),
-            Some(Ok(Message::Close(f))) => {
-                self.on_closed(ws::close_error(f.as_ref()));
-                return true;
-            }
-            Some(Ok(_)) => return true,
+    async fn on_message(&mut self, m: Message) -> bool {
+        let Message::Text(text) = m else {
+            return true;
         };
         if let Some(f) = self.finalizing.as_mut() {
             f.heard_server = true;
@@ -422,12 +360,12 @@ impl Session {
         };
         if !matches!(msg, ServerMessage::Error { .. }) {
             // The socket works.
-            self.retries = 0;
+            self.link.confirm();
         }
         match msg {
             ServerMessage::Ready { .. } => true,
             ServerMessage::Text { text, .. } => {
-                if !self.turn_open && self.finalizing.is_none() {
+                if !self.active() {
                     return true;
                 }
                 let t = text.trim();
@@ -452,12 +390,14 @@ impl Session {
                 self.emit(SttEvent::Transcript(text)).await
             }
             ServerMessage::Error { code, message, .. } => {
+                // The close follows; it is handled as a loss with this error.
                 warn!(?code, %message, "gradium stt error");
-                self.on_closed(error_kind(code, &message));
+                self.server_error = Some(error_kind(code, &message));
                 true
             }
             ServerMessage::EndOfStream { .. } => {
-                self.on_closed(ProviderErrorKind::Closed {
+                // The server ended the stream (its close follows).
+                self.server_error = Some(ProviderErrorKind::Closed {
                     code: 1000,
                     reason: "end_of_stream".into(),
                 });
@@ -474,15 +414,16 @@ impl Session {
         let Some(f) = self.finalizing.take() else {
             return true;
         };
-        if self.ws.is_none() || !f.heard_server {
+        if !self.link.is_up() || !f.heard_server {
             // Reconnecting, or a socket that says nothing (steps come every 80 ms on a live
             // one): treat as dead, bounded by the retries.
             self.finalizing = Some(Finalizing {
                 deadline: Instant::now() + self.sh.transcription_timeout,
                 ..f
             });
-            if self.ws.is_some() {
-                self.on_closed(ProviderErrorKind::Timeout(format!(
+            if self.link.is_up() {
+                self.link.abandon();
+                self.on_lost(ProviderErrorKind::Timeout(format!(
                     "no message from Gradium within {} ms after the end of the turn",
                     self.sh.transcription_timeout.as_millis()
                 )));
@@ -496,9 +437,9 @@ impl Session {
     }
 }
 
-async fn connect(sh: &Shared) -> Result<WsStream, ProviderErrorKind> {
+async fn connect(sh: &Shared, setup: &str) -> Result<WsStream, ProviderErrorKind> {
     let mut ws = open(&sh.url, &sh.key, sh.connect_timeout).await?;
-    ws.send(Message::text(sh.setup.to_string()))
+    ws.send(Message::text(setup))
         .await
         .map_err(|e| ws::ws_error(&e))?;
     // Wait for `ready` (unknown messages before it are ignored).

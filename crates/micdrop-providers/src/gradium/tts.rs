@@ -1,13 +1,12 @@
 //! Gradium text-to-speech: one multiplexed socket per call, one `client_req_id` per utterance.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use futures::SinkExt;
 use futures::future::BoxFuture;
 use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId};
 use micdrop_core::{ProviderErrorKind, TtsError};
@@ -21,9 +20,9 @@ use super::messages::{ServerMessage, parse_message};
 use super::{error_kind, open};
 use crate::audio::{MICDROP_RATE, PcmResampler};
 use crate::config::{ConfigError, GradiumTtsConfig};
-use crate::retry::RetryPolicy;
+use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
-use crate::ws::{self, WsStream, boxed, next_msg, poll_opt, sleep_opt};
+use crate::ws::{WsStream, sleep_opt};
 
 const NAME: &str = "gradium-tts";
 
@@ -42,7 +41,7 @@ struct Shared {
     rate: u32,
     connect_timeout: Duration,
     audio_timeout: Duration,
-    retry: RetryPolicy,
+    link: LinkPolicy,
 }
 
 impl GradiumTts {
@@ -87,7 +86,7 @@ impl GradiumTts {
                 rate,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 audio_timeout: Duration::from_millis(config.audio_timeout_ms),
-                retry: config.retry(),
+                link: config.link_policy(),
             }),
         })
     }
@@ -180,51 +179,55 @@ pub fn advance_words(text: &str, from: usize, n: usize) -> usize {
     idx
 }
 
+/// Opens a Gradium TTS socket (the handshake; each utterance sends its own `setup`).
+struct TtsConnector {
+    sh: Arc<Shared>,
+}
+
+impl Connector for TtsConnector {
+    type Info = ();
+
+    fn connect(&mut self) -> BoxFuture<'static, Result<(WsStream, ()), ConnectFailure>> {
+        let sh = self.sh.clone();
+        Box::pin(async move {
+            let ws = open(&sh.url, &sh.key, sh.connect_timeout).await?;
+            Ok((ws, ()))
+        })
+    }
+}
+
 struct Session {
     sh: Arc<Shared>,
     io: TtsSessionIo,
-    ws: Option<WsStream>,
-    connecting: Option<BoxFuture<'static, Result<WsStream, ProviderErrorKind>>>,
-    retry_at: Option<Instant>,
-    retries: u32,
-    last_error: Option<ProviderErrorKind>,
-    exhausted: bool,
+    link: Link<TtsConnector>,
     generation: u64,
     utts: VecDeque<Utt>,
-    /// `client_req_id`s of cancelled utterances on the current socket (audio ignored).
-    cancelled: HashSet<String>,
     waiting_since: Option<Instant>,
+    /// The last `error` message of the current socket (its close follows).
+    server_error: Option<ProviderErrorKind>,
 }
 
 enum Wake {
     Cmd(Option<TtsCommand>),
-    Connected(Box<Result<WsStream, ProviderErrorKind>>),
-    Ws(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-    RetryDue,
+    Link(LinkEvent<()>),
     Stalled,
 }
 
 impl Session {
     fn new(sh: Arc<Shared>, io: TtsSessionIo) -> Self {
+        let link = Link::new(NAME, TtsConnector { sh: sh.clone() }, sh.link);
         Self {
             sh,
             io,
-            ws: None,
-            connecting: None,
-            retry_at: None,
-            retries: 0,
-            last_error: None,
-            exhausted: false,
+            link,
             generation: 0,
             utts: VecDeque::new(),
-            cancelled: HashSet::new(),
             waiting_since: None,
+            server_error: None,
         }
     }
 
     async fn run(mut self) {
-        // Open the socket at once: the first answer should not wait for the handshake.
-        self.ensure_connection();
         loop {
             let stall_at = if self.awaiting_audio() {
                 self.waiting_since.map(|t| t + self.sh.audio_timeout)
@@ -234,58 +237,43 @@ impl Session {
             let wake = tokio::select! {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
-                r = poll_opt(&mut self.connecting) => Wake::Connected(Box::new(r)),
-                m = next_msg(&mut self.ws) => Wake::Ws(m),
-                _ = sleep_opt(self.retry_at) => Wake::RetryDue,
+                e = self.link.next() => Wake::Link(e),
                 _ = sleep_opt(stall_at) => Wake::Stalled,
             };
             let ok = match wake {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(c)) => self.on_command(c).await,
-                Wake::Connected(r) => {
-                    self.connecting = None;
-                    self.on_connected(*r).await
-                }
-                Wake::Ws(m) => self.on_ws(m).await,
-                Wake::RetryDue => {
-                    self.retry_at = None;
-                    self.start_connecting();
+                Wake::Link(LinkEvent::Connected(())) => self.on_connected().await,
+                Wake::Link(LinkEvent::Message(m)) => self.on_message(m).await,
+                Wake::Link(LinkEvent::Lost(kind)) => {
+                    self.on_lost(kind);
                     true
                 }
+                Wake::Link(LinkEvent::GaveUp(kind)) => self.give_up(kind).await,
+                Wake::Link(LinkEvent::Closed) => true,
                 Wake::Stalled => {
                     self.waiting_since = None;
-                    self.on_closed(ProviderErrorKind::Timeout(format!(
+                    let kind = ProviderErrorKind::Timeout(format!(
                         "no audio from Gradium within {} ms",
                         self.sh.audio_timeout.as_millis()
-                    )));
+                    ));
+                    // A silent socket: drop it and retry (bounded by the link's budget).
+                    self.link.abandon();
+                    self.on_lost(kind);
                     true
                 }
             };
-            if !ok || !self.maybe_give_up().await {
+            self.link.set_busy(!self.utts.is_empty());
+            if !ok {
                 break;
             }
         }
-        if let Some(w) = self.ws.take() {
-            ws::close(w).await;
-        }
+        self.link.close();
     }
 
     /// Whether the server owes audio (an utterance whose text is complete is not done).
     fn awaiting_audio(&self) -> bool {
-        self.ws.is_some() && self.utts.iter().any(|u| u.eos_sent && !u.server_done)
-    }
-
-    fn ensure_connection(&mut self) {
-        if self.ws.is_none() && self.connecting.is_none() && self.retry_at.is_none() {
-            self.start_connecting();
-        }
-    }
-
-    fn start_connecting(&mut self) {
-        let sh = self.sh.clone();
-        self.connecting = Some(boxed(async move {
-            open(&sh.url, &sh.key, sh.connect_timeout).await
-        }));
+        self.link.is_up() && self.utts.iter().any(|u| u.eos_sent && !u.server_done)
     }
 
     async fn emit(&mut self, ev: TtsEvent) -> bool {
@@ -317,17 +305,18 @@ impl Session {
                         .then(|| PcmResampler::new(self.sh.rate, MICDROP_RATE).ok())
                         .flatten(),
                 });
-                if self.ws.is_some() {
+                if self.link.is_up() {
                     let i = self.utts.len() - 1;
                     self.sync_utt(i).await;
                 } else {
-                    self.ensure_connection();
+                    // On demand: there is something to say.
+                    self.link.open();
                 }
             }
             TtsCommand::Text(id, text) => {
                 if let Some(i) = self.index(id) {
                     self.utts[i].text.push_str(&text);
-                    if self.ws.is_some() {
+                    if self.link.is_up() {
                         self.sync_utt(i).await;
                     }
                 }
@@ -335,24 +324,24 @@ impl Session {
             TtsCommand::EndText(id) => {
                 if let Some(i) = self.index(id) {
                     self.utts[i].ended = true;
-                    if self.ws.is_some() {
+                    if self.link.is_up() {
                         self.sync_utt(i).await;
                     }
                 }
             }
             TtsCommand::Cancel => {
                 let utts: Vec<Utt> = self.utts.drain(..).collect();
-                for u in utts {
-                    if u.setup_sent && !u.server_done {
-                        self.cancelled.insert(u.req_id.clone());
-                        if !u.eos_sent {
-                            // Let the server drop the request instead of waiting for text.
-                            let m = json!({"type": "end_of_stream", "client_req_id": u.req_id});
-                            self.send(Message::text(m.to_string())).await;
-                        }
-                    }
-                }
+                // Gradium has no message that cancels a request: `end_of_stream` would make it
+                // render (and bill) the rest, and the request would hold a concurrency slot until
+                // done. Closing the socket is the only way to stop the rendering, as Micdrop
+                // does; the socket is reopened at once, hidden behind the user's speech.
+                let rendering = utts.iter().any(|u| u.setup_sent && !u.server_done);
                 self.waiting_since = None;
+                if rendering && self.link.is_up() {
+                    debug!("cancel: closing the socket to stop the rendering");
+                    self.link.close();
+                    self.link.open();
+                }
             }
         }
         true
@@ -409,127 +398,62 @@ impl Session {
             }
         }
         for m in out {
-            if !self.send(Message::text(m)).await {
+            if !self.link.send(Message::text(m)).await {
                 return;
             }
         }
     }
 
-    async fn send(&mut self, msg: Message) -> bool {
-        let Some(ws) = self.ws.as_mut() else {
-            return false;
-        };
-        match ws.send(msg).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.on_closed(ws::ws_error(&e));
-                false
+    async fn on_connected(&mut self) -> bool {
+        debug!("gradium tts connected");
+        self.generation += 1;
+        self.server_error = None;
+        let generation = self.generation;
+        for u in self.utts.iter_mut() {
+            if u.server_done {
+                continue;
             }
+            // Resume after what was heard on the previous socket.
+            let spoken = u.spoken_estimate();
+            u.spoken_upto = spoken;
+            u.sent_upto = spoken;
+            u.word_stops.clear();
+            u.audio_secs = 0.0;
+            u.setup_sent = false;
+            u.eos_sent = false;
+            u.req_id = format!("u{}-{generation}", u.id);
         }
+        self.waiting_since = None;
+        for i in 0..self.utts.len() {
+            if !self.link.is_up() {
+                break;
+            }
+            self.sync_utt(i).await;
+        }
+        true
     }
 
-    async fn on_connected(&mut self, r: Result<WsStream, ProviderErrorKind>) -> bool {
-        match r {
-            Ok(ws) => {
-                debug!("gradium tts connected");
-                self.ws = Some(ws);
-                self.generation += 1;
-                self.cancelled.clear();
-                let generation = self.generation;
-                for u in self.utts.iter_mut() {
-                    if u.server_done {
-                        continue;
-                    }
-                    // Resume after what was heard on the previous socket.
-                    let spoken = u.spoken_estimate();
-                    u.spoken_upto = spoken;
-                    u.sent_upto = spoken;
-                    u.word_stops.clear();
-                    u.audio_secs = 0.0;
-                    u.setup_sent = false;
-                    u.eos_sent = false;
-                    u.req_id = format!("u{}-{generation}", u.id);
-                }
-                self.waiting_since = None;
-                for i in 0..self.utts.len() {
-                    if self.ws.is_none() {
-                        break;
-                    }
-                    self.sync_utt(i).await;
-                }
-                true
-            }
-            Err(kind) if !kind.is_retryable() => self.give_up(kind).await,
-            Err(kind) => {
-                self.lost(kind);
-                true
-            }
-        }
-    }
-
-    fn on_closed(&mut self, kind: ProviderErrorKind) {
-        self.ws = None;
-        let normal = matches!(kind, ProviderErrorKind::Closed { code: 1000, .. });
+    /// The socket is gone. With utterances in flight: reconnect and re-send the unspoken text,
+    /// also after a normal or 1008 close on a socket that worked (Gradium's 300 s session cap
+    /// ends a socket with `error` 1008 and a close); a socket refused before it ever worked
+    /// (bad key, bad setup) gives up. Idle: reopened at the next utterance.
+    fn on_lost(&mut self, kind: ProviderErrorKind) {
+        let kind = self.server_error.take().unwrap_or(kind);
         let active = self.utts.iter().any(|u| !u.server_done);
-        if normal && !active {
-            debug!("gradium tts socket closed while idle; will reopen at the next utterance");
-            return;
-        }
-        if !kind.is_retryable() {
-            self.last_error = Some(kind);
-            self.exhausted = true;
-            return;
-        }
         if !active {
-            // Nothing in flight: reopen at the next utterance.
+            debug!(error = %kind, "gradium tts socket closed while idle; will reopen at the next utterance");
             return;
         }
-        self.lost(kind);
-    }
-
-    fn lost(&mut self, kind: ProviderErrorKind) {
-        self.ws = None;
-        self.last_error = Some(kind.clone());
-        if self.retry_at.is_some() || self.connecting.is_some() {
-            return;
-        }
-        if self.sh.retry.allows(self.retries) {
-            let delay = self.sh.retry.delay(self.retries);
-            warn!(error = %kind, retry = self.retries + 1, "gradium tts connection lost; reconnecting");
-            self.retries += 1;
-            self.retry_at = Some(Instant::now() + delay);
+        if kind.is_retryable() || self.link.socket_worked() {
+            self.link.reconnect(kind);
         } else {
-            self.exhausted = true;
+            self.link.fail(kind);
         }
-    }
-
-    async fn maybe_give_up(&mut self) -> bool {
-        if !self.exhausted {
-            return true;
-        }
-        self.exhausted = false;
-        let last = self
-            .last_error
-            .clone()
-            .unwrap_or_else(|| ProviderErrorKind::Network("connection lost".into()));
-        let kind = if last.is_retryable() {
-            ProviderErrorKind::Exhausted {
-                attempts: self.retries + 1,
-                last: last.to_string(),
-            }
-        } else {
-            last
-        };
-        self.give_up(kind).await
     }
 
     /// Fails every utterance in flight (their unspoken text goes to `Failed`), then starts
     /// afresh at the next utterance.
     async fn give_up(&mut self, kind: ProviderErrorKind) -> bool {
-        self.retry_at = None;
-        self.connecting = None;
-        self.ws = None;
-        self.retries = 0;
         self.waiting_since = None;
         let utts: Vec<Utt> = self.utts.drain(..).collect();
         warn!(error = %kind, utterances = utts.len(), "gradium tts gave up");
@@ -546,28 +470,9 @@ impl Session {
         true
     }
 
-    async fn on_ws(
-        &mut self,
-        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> bool {
-        let text = match m {
-            None => {
-                self.on_closed(ProviderErrorKind::Closed {
-                    code: 1006,
-                    reason: "stream ended".into(),
-                });
-                return true;
-            }
-            Some(Err(e)) => {
-                self.on_closed(ws::ws_error(&e));
-                return true;
-            }
-            Some(Ok(Message::Text(t))) => t.to_string(),
-            Some(Ok(Message::Close(f))) => {
-                self.on_closed(ws::close_error(f.as_ref()));
-                return true;
-            }
-            Some(Ok(_)) => return true,
+    async fn on_message(&mut self, m: Message) -> bool {
+        let Message::Text(text) = m else {
+            return true;
         };
         let msg = match parse_message(&text) {
             Ok(m) => m,
@@ -577,7 +482,7 @@ impl Session {
             }
         };
         if !matches!(msg, ServerMessage::Error { .. }) {
-            self.retries = 0;
+            self.link.confirm();
             self.waiting_since = Some(Instant::now());
         }
         match msg {
@@ -635,8 +540,9 @@ impl Session {
                 message,
                 client_req_id,
             } => {
+                // The close follows; it is handled as a loss with this error.
                 warn!(?code, %message, ?client_req_id, "gradium tts error");
-                self.on_closed(error_kind(code, &message));
+                self.server_error = Some(error_kind(code, &message));
                 true
             }
             ServerMessage::Ready { .. } | ServerMessage::Other(_) => true,
@@ -650,7 +556,6 @@ impl Session {
     /// server that does not echo ids serves requests in order).
     fn find(&self, req_id: Option<&str>) -> Option<usize> {
         match req_id {
-            Some(r) if self.cancelled.contains(r) => None,
             Some(r) => self.utts.iter().position(|u| u.req_id == r),
             None => self
                 .utts
