@@ -7,11 +7,13 @@ use std::time::Duration;
 use micdrop_core::agent::Agent;
 use micdrop_core::call::CallConfig;
 use micdrop_providers::config::ProvidersConfig;
-use micdrop_sim::{SimHandle, SimScript, Simulators};
+#[cfg(feature = "sim")]
+use micdrop_sim::Simulators;
 use tracing::info;
 
 use crate::config::{CallSection, Config};
 use crate::server::{RunningServer, ServerOptions, start};
+use crate::sim::{SimHandle, SimScript};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +72,19 @@ pub struct App {
     pub sim: Option<SimHandle>,
     /// The WebSocket path.
     pub path: String,
+    /// How long a drain waits for calls in progress (`[server] drain_timeout_secs`).
+    pub drain_timeout: Duration,
     /// The conversation store (`[store]`).
     pub store: Option<Arc<micdrop_store::CallStore>>,
 }
 
 impl App {
-    /// Starts everything. `sim`: run with in-process simulators and this script.
+    /// Starts everything. `sim`: run with in-process simulators and this script (feature `sim`).
     pub async fn start(config: Config, sim: Option<SimScript>) -> Result<App, AppError> {
+        #[cfg_attr(not(feature = "sim"), allow(unused_mut))]
         let mut providers_config: ProvidersConfig = config.providers();
         let sim = match sim {
+            #[cfg(feature = "sim")]
             Some(script) => {
                 let handle = Simulators::start(SocketAddr::from(([127, 0, 0, 1], 0)), script)
                     .await
@@ -96,6 +102,8 @@ impl App {
                 );
                 Some(handle)
             }
+            #[cfg(not(feature = "sim"))]
+            Some(never) => match never {},
             None => {
                 let missing = providers_config.missing_keys();
                 if !missing.is_empty() {
@@ -180,6 +188,12 @@ impl App {
                 )));
             }
         }
+        if config.telemetry.metrics {
+            options.metrics = crate::telemetry::MetricsEndpoint::new(config.telemetry.token());
+            if options.metrics.is_none() {
+                tracing::warn!("another metrics recorder is installed: /metrics is not served");
+            }
+        }
         options.on_end = Some(Arc::new(|end| {
             info!(
                 duration_secs = end.duration_secs,
@@ -203,9 +217,15 @@ impl App {
         Ok(App {
             server,
             sim,
+            drain_timeout: config.server.drain_timeout(),
             path: config.server.path,
             store,
         })
+    }
+
+    /// Whether the providers are the in-process simulators (`serve --sim`).
+    pub fn simulated(&self) -> bool {
+        self.sim.is_some()
     }
 
     /// Stops the server (calls close with 1001 and get their end), then the simulators.
@@ -215,6 +235,7 @@ impl App {
             // Queued writes (the calls' ends) are written before exit.
             store.shutdown(Duration::from_secs(5)).await;
         }
+        #[cfg(feature = "sim")]
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }

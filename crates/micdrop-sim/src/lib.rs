@@ -13,7 +13,7 @@
 //!
 //! Layout: [`script`] (the serde script), `gladia`, `gradium`, `mistral` (one module per
 //! service), `vad` (energy speech detection), `audio` (codecs, resampling, speech synthesis),
-//! [`cli`] (`micdrop sim`). The exact wire behaviour is documented in `docs/simulators.md`.
+//! The `micdrop sim` command is in micdrop-cli. The exact wire behaviour is documented in `docs/simulators.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -29,7 +29,6 @@
 //! ```
 
 mod audio;
-pub mod cli;
 mod gladia;
 mod gradium;
 mod mistral;
@@ -52,6 +51,13 @@ pub use script::{
 pub use state::{Service, ServiceCounters, SimCounters};
 
 use state::SimState;
+
+/// Checks a chat-completions request body against the message rules the Mistral simulator
+/// enforces, as api.mistral.ai does (message order, tool calls and their results, tool-call ids,
+/// text and tool calls in separate assistant messages, last role). On refusal, the 400 error body.
+pub fn check_mistral_messages(body: &serde_json::Value) -> Result<(), serde_json::Value> {
+    mistral::validate_semantics(body)
+}
 
 /// Errors of the simulator library.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,9 @@
-//! The `serve` command.
+//! `micdrop serve`: its arguments, and the server until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::app::App;
-use crate::config::Config;
+use micdrop_server::App;
+use micdrop_server::config::Config;
 
 /// Options of `micdrop serve`.
 #[derive(Debug, clap::Args)]
@@ -17,9 +16,11 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     /// Run offline: in-process simulators of Mistral, Gladia and Gradium, reached through the
     /// real provider clients. No API key, no network.
+    #[cfg(feature = "sim")]
     #[arg(long)]
     pub sim: bool,
     /// Simulator script (TOML with a `[sim]` section); default: the config's `[sim]` section.
+    #[cfg(feature = "sim")]
     #[arg(long, requires = "sim")]
     pub sim_script: Option<PathBuf>,
 }
@@ -33,6 +34,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    #[cfg(feature = "sim")]
     let sim = if args.sim {
         Some(match &args.sim_script {
             Some(path) => {
@@ -46,40 +48,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    #[cfg(not(feature = "sim"))]
+    let sim = None;
     let app = App::start(config, sim).await?;
     let addr = app.server.local_addr();
     eprintln!(
         "micdrop listening: web page http://{addr}/  WebSocket ws://{addr}{}{}",
         app.path,
-        if app.sim.is_some() {
+        if app.simulated() {
             "  (simulated providers)"
         } else {
             ""
         }
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down: closing calls");
-    app.shutdown(Duration::from_secs(10)).await;
+    // SIGTERM/SIGINT: drain (see docs/deploy.md); a second signal ends at once.
+    app.run_until_signal().await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }
