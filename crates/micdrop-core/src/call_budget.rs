@@ -8,7 +8,9 @@
 //! pre-roll, audio buffered while reconnecting, network jitter). Beyond it the call is closed
 //! with 1008 ("Audio faster than real time"): the audio is refused loudly, never dropped
 //! silently. `micdrop call --fast` (tests, benchmarks) sends faster than real time on purpose:
-//! give such servers `audio_burst = None` (`[server] audio_burst_secs = 0`).
+//! such servers will need the check off.
+//!
+//! Not wired into the call engine yet (see docs/security.md): this is the budget type alone.
 
 use std::time::Duration;
 

@@ -14,7 +14,6 @@
 //! auth_block_secs = 60
 //! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
 //! demo_page = true               # serve the web page and micdrop.js
-//! audio_burst_secs = 5           # user audio allowed ahead of real time (0: no check); beyond 1008
 //! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
 //! [call]
@@ -26,6 +25,7 @@
 //! auto_semantic_turn = false
 //! auto_ignore_user_noise = false
 //! max_steps = 5
+//! audio_lead_ms = 500            # assistant audio paced at real time + this lead; 0: unpaced
 //!
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
@@ -68,8 +68,6 @@ pub const DEFAULT_PATH: &str = "/call";
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Default maximum number of concurrent calls.
 pub const DEFAULT_MAX_CALLS: usize = 10_000;
-/// Default user audio allowed ahead of real time, in seconds.
-pub const DEFAULT_AUDIO_BURST_SECS: f64 = 5.0;
 /// Default French system prompt of the sovereign stack.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "Tu es un assistant vocal serviable et chaleureux. Tu réponds en français, en phrases courtes et naturelles, faites pour être dites à voix haute : pas de listes, pas de markdown, pas d'emoji.";
 
@@ -156,8 +154,6 @@ pub struct ServerSection {
     /// WebSocket URLs of other servers the demo page may connect to (`?url=`), besides its own
     /// host.
     pub demo_allowed_urls: Vec<String>,
-    /// User audio a call may send ahead of real time, in seconds (0: no check).
-    pub audio_burst_secs: f64,
     /// On SIGTERM/SIGINT, how long calls in progress may go on before they get 1001.
     pub drain_timeout_secs: u64,
 }
@@ -178,7 +174,6 @@ impl Default for ServerSection {
             header_read_timeout_secs: crate::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
             demo_page: true,
             demo_allowed_urls: Vec::new(),
-            audio_burst_secs: DEFAULT_AUDIO_BURST_SECS,
             drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
         }
     }
@@ -235,6 +230,16 @@ pub struct CallSection {
     pub max_steps: usize,
     /// Without an agent: dictation (every transcript answered with `SkipAnswer`).
     pub dictation: bool,
+    /// Assistant audio is sent at real time plus this lead (ms); 0 sends it as fast as the TTS
+    /// produces it.
+    pub audio_lead_ms: u64,
+}
+
+impl CallSection {
+    /// The pacing lead of assistant audio (`None`: unpaced).
+    pub fn audio_lead(&self) -> Option<Duration> {
+        (self.audio_lead_ms > 0).then(|| Duration::from_millis(self.audio_lead_ms))
+    }
 }
 
 impl Default for CallSection {
@@ -249,6 +254,7 @@ impl Default for CallSection {
             auto_ignore_user_noise: ToolToggle::default(),
             max_steps: micdrop_core::agent::DEFAULT_MAX_STEPS,
             dictation: false,
+            audio_lead_ms: micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64,
         }
     }
 }
@@ -396,11 +402,6 @@ impl Config {
             .guard_options()
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[server] {e}")))?;
-        if !(self.server.audio_burst_secs.is_finite() && self.server.audio_burst_secs >= 0.0) {
-            return Err(ConfigError::Invalid(
-                "[server] audio_burst_secs must be 0 (no check) or more".into(),
-            ));
-        }
         for u in &self.server.demo_allowed_urls {
             if !(u.starts_with("ws://") || u.starts_with("wss://")) {
                 return Err(ConfigError::Invalid(format!(
