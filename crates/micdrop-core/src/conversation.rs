@@ -118,6 +118,41 @@ impl ConversationItem {
     }
 }
 
+/// The output of a tool call whose answer was cancelled (barge-in) before the tool returned.
+pub const CANCELLED_TOOL_OUTPUT: &str = r#"{"error":"cancelled"}"#;
+
+/// The results missing in `items`: one [`ConversationItem::ToolResult`] with
+/// [`CANCELLED_TOOL_OUTPUT`] for each tool call that has no result, in call order.
+pub fn dangling_tool_results(items: &[ConversationItem]) -> Vec<ConversationItem> {
+    let answered: std::collections::HashSet<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            ConversationItem::ToolResult { tool_call_id, .. } => Some(tool_call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    items
+        .iter()
+        .filter_map(|i| match i {
+            ConversationItem::ToolCall {
+                tool_call_id,
+                tool_name,
+                ..
+            } if !answered.contains(tool_call_id.as_str())
+                && seen.insert(tool_call_id.as_str()) =>
+            {
+                Some(ConversationItem::ToolResult {
+                    tool_call_id: tool_call_id.clone(),
+                    tool_name: tool_name.clone(),
+                    output: CANCELLED_TOOL_OUTPUT.to_owned(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// A conversation: its items, each with a stable id so that "already answered" can be told by
 /// identity, as Micdrop does with object identity.
 #[derive(Debug, Clone, Default)]
@@ -172,6 +207,18 @@ impl Conversation {
         self.items.last().map(|(id, i)| (*id, i))
     }
 
+    /// Appends a cancelled result ([`CANCELLED_TOOL_OUTPUT`]) for every tool call that has none
+    /// and returns the appended items. Call it when an answer is cancelled (barge-in) while a
+    /// tool runs: models such as Mistral refuse every later request whose tool calls lack
+    /// results ("Not the same number of function calls and responses").
+    pub fn cancel_dangling_tool_calls(&mut self) -> Vec<ConversationItem> {
+        let missing = dangling_tool_results(&self.to_vec());
+        for item in &missing {
+            self.push(item.clone());
+        }
+        missing
+    }
+
     /// Removes the last user item (for `CancelLastUserMessage`); returns whether one was found.
     pub fn remove_last_user(&mut self) -> bool {
         if let Some(pos) = self.items.iter().rposition(|(_, i)| i.role() == Role::User) {
@@ -219,6 +266,33 @@ mod tests {
             }),
             r#"{"role":"tool_result","toolCallId":"abc","toolName":"t","output":"1"}"#
         );
+    }
+
+    #[test]
+    fn dangling_tool_calls_get_cancelled_results() {
+        let call = |id: &str| ConversationItem::ToolCall {
+            tool_call_id: id.into(),
+            tool_name: "t".into(),
+            parameters: "{}".into(),
+        };
+        let mut c = Conversation::with_system("s");
+        c.push(ConversationItem::user("a"));
+        c.push(call("one"));
+        c.push(ConversationItem::ToolResult {
+            tool_call_id: "one".into(),
+            tool_name: "t".into(),
+            output: "1".into(),
+        });
+        c.push(call("two"));
+        c.push(call("three"));
+        let added = c.cancel_dangling_tool_calls();
+        assert_eq!(added.len(), 2);
+        assert_eq!(
+            serde_json::to_string(&added[0]).unwrap(),
+            r#"{"role":"tool_result","toolCallId":"two","toolName":"t","output":"{\"error\":\"cancelled\"}"}"#
+        );
+        assert_eq!(c.len(), 8);
+        assert!(c.cancel_dangling_tool_calls().is_empty(), "idempotent");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ```toml
 //! [agent]
 //! provider = "mistral"            # or "openai-compatible"
-//! model = "mistral-large-latest"
+//! model = "mistral-small-latest"
 //! temperature = 0.3
 //!
 //! [stt]
@@ -428,7 +428,7 @@ pub enum AgentKind {
 pub struct AgentProviderConfig {
     /// `mistral` (default) or `openai-compatible`.
     pub provider: AgentKind,
-    /// Model name (Mistral default: `mistral-large-latest`).
+    /// Model name (Mistral default: `mistral-small-latest`, see [`MISTRAL_DEFAULT_MODEL`]).
     pub model: Option<String>,
     /// Base URL (Mistral default: `https://api.mistral.ai`; for OpenAI-compatible servers the
     /// root or the `/v1` URL, e.g. `http://127.0.0.1:11434/v1`).

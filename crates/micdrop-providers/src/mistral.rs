@@ -28,8 +28,13 @@ use crate::secret::ApiKey;
 
 /// The default Mistral endpoint (the SDK's "EU Production server").
 pub const MISTRAL_BASE_URL: &str = "https://api.mistral.ai";
-/// The default Mistral model.
-pub const MISTRAL_DEFAULT_MODEL: &str = "mistral-large-latest";
+/// The default Mistral model: `mistral-small-latest`, chosen for voice. A spoken answer waits for
+/// the model's first token, and Mistral Small's time to first token on Mistral's API (≈0.3 s) is
+/// well below Mistral Large's (≈0.5 s and more); Small follows system prompts, speaks French and
+/// calls tools well enough for voice agents, at a fraction of the price. Set `model =
+/// "mistral-medium-latest"` or `"mistral-large-latest"` for harder reasoning, at the cost of a
+/// slower first word (see `docs/providers.md`).
+pub const MISTRAL_DEFAULT_MODEL: &str = "mistral-small-latest";
 
 /// Which flavour of the chat-completions API the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -335,22 +340,49 @@ impl IdMap {
     }
 }
 
-/// Maps the messages to Mistral's rules:
+/// The content of the tool message given to a tool call that has no result (an answer cancelled
+/// by a barge-in while its tool ran): Mistral refuses a request whose tool calls lack results.
+pub use micdrop_core::conversation::CANCELLED_TOOL_OUTPUT;
+
+/// Maps the messages to Mistral's rules (api.mistral.ai answers 400 otherwise):
 /// - system messages only in the leading block (later ones become user messages);
-/// - assistant messages without text and tool calls are dropped; an assistant text directly
-///   followed by an assistant tool-call message is merged into one message;
+/// - assistant messages without text and tool calls are dropped; an assistant message never has
+///   both: text and tool calls become two assistant messages (the text, then the calls with
+///   `"content": ""`), as Micdrop's `MistralAgent` sends them; consecutive tool-call messages
+///   are merged;
+/// - every tool call has its tool message right after its assistant message: a result found
+///   later in the conversation is moved there, a missing one becomes
+///   [`CANCELLED_TOOL_OUTPUT`]; a tool message without its call is dropped;
 /// - a user message right after a tool result gets an assistant message before it (the case
 ///   of a skip-answer tool: the conversation ends with a tool result);
 /// - the last message must be a user or tool message: an empty user message is appended after
 ///   a lone system prompt or a trailing assistant message (as Micdrop's `MistralAgent` does);
 /// - tool-call ids become 9 alphanumeric characters, consistently within the request.
+///
+/// The same rules hold whatever was removed from the conversation before (e.g. the user message
+/// removed by `ignore_user_noise`).
 pub fn normalize_messages(messages: &[ChatMessage]) -> Vec<Value> {
     #[derive(Debug)]
     enum M {
         System(String),
         User(String),
-        Assistant(String, Vec<ChatToolCall>),
+        Assistant(String),
+        Calls(Vec<ChatToolCall>),
         Tool(String, String, String),
+    }
+    // Results by call id (the first one wins), to place each after its call.
+    let mut results: HashMap<&str, (&str, &str)> = HashMap::new();
+    for m in messages {
+        if let ChatMessage::Tool {
+            tool_call_id,
+            name,
+            content,
+        } = m
+        {
+            results
+                .entry(tool_call_id.as_str())
+                .or_insert((name.as_str(), content.as_str()));
+        }
     }
     let mut out: Vec<M> = Vec::with_capacity(messages.len() + 2);
     let mut in_leading_system = true;
@@ -369,44 +401,59 @@ pub fn normalize_messages(messages: &[ChatMessage]) -> Vec<Value> {
                 content,
                 tool_calls,
             } => {
+                if !content.trim().is_empty() {
+                    out.push(M::Assistant(content.clone()));
+                }
+                if !tool_calls.is_empty() {
+                    match out.last_mut() {
+                        Some(M::Calls(prev)) => prev.extend(tool_calls.iter().cloned()),
+                        _ => out.push(M::Calls(tool_calls.clone())),
+                    }
+                }
                 if content.trim().is_empty() && tool_calls.is_empty() {
                     continue;
                 }
-                if let Some(M::Assistant(prev, prev_calls)) = out.last_mut() {
-                    if prev_calls.is_empty() {
-                        if !content.trim().is_empty() {
-                            if !prev.is_empty() {
-                                prev.push(' ');
-                            }
-                            prev.push_str(content);
-                        }
-                        prev_calls.extend(tool_calls.iter().cloned());
-                        in_leading_system = false;
-                        continue;
-                    }
-                }
-                out.push(M::Assistant(content.clone(), tool_calls.clone()));
             }
-            ChatMessage::Tool {
-                tool_call_id,
-                name,
-                content,
-            } => out.push(M::Tool(tool_call_id.clone(), name.clone(), content.clone())),
+            // Placed after their calls below.
+            ChatMessage::Tool { .. } => continue,
         }
         in_leading_system = false;
     }
-    // Bridge `tool` → `user` with an assistant message.
-    let mut bridged: Vec<M> = Vec::with_capacity(out.len() + 2);
+    // Each call followed by its result (or a cancelled one); `tool` → `user` bridged.
+    let mut bridged: Vec<M> = Vec::with_capacity(out.len() + 4);
+    let mut answered: std::collections::HashSet<String> = std::collections::HashSet::new();
     for m in out {
         if matches!(m, M::User(_)) && matches!(bridged.last(), Some(M::Tool(..))) {
-            bridged.push(M::Assistant(BRIDGE_ASSISTANT_CONTENT.into(), Vec::new()));
+            bridged.push(M::Assistant(BRIDGE_ASSISTANT_CONTENT.into()));
         }
-        bridged.push(m);
+        match m {
+            M::Calls(mut calls) => {
+                // A call id seen twice would get two results: keep the first call.
+                calls.retain(|c| answered.insert(c.id.clone()));
+                if calls.is_empty() {
+                    continue;
+                }
+                let tools: Vec<M> = calls
+                    .iter()
+                    .map(|c| match results.get(c.id.as_str()) {
+                        Some((name, content)) => {
+                            M::Tool(c.id.clone(), (*name).to_owned(), (*content).to_owned())
+                        }
+                        None => M::Tool(
+                            c.id.clone(),
+                            c.name.clone(),
+                            CANCELLED_TOOL_OUTPUT.to_owned(),
+                        ),
+                    })
+                    .collect();
+                bridged.push(M::Calls(calls));
+                bridged.extend(tools);
+            }
+            other => bridged.push(other),
+        }
     }
     match bridged.last() {
-        None | Some(M::System(_)) | Some(M::Assistant(_, _)) => {
-            // An assistant message with tool calls but no results cannot be served either:
-            // asking again after an empty user message is the least surprising recovery.
+        None | Some(M::System(_)) | Some(M::Assistant(_)) => {
             bridged.push(M::User(String::new()));
         }
         _ => {}
@@ -417,29 +464,24 @@ pub fn normalize_messages(messages: &[ChatMessage]) -> Vec<Value> {
         .map(|m| match m {
             M::System(s) => json!({"role": "system", "content": s}),
             M::User(s) => json!({"role": "user", "content": s}),
-            M::Assistant(content, calls) => {
-                let mut o = Map::new();
-                o.insert("role".into(), json!("assistant"));
-                o.insert("content".into(), json!(content));
-                if !calls.is_empty() {
-                    let calls: Vec<Value> = calls
-                        .iter()
-                        .map(|c| {
-                            let args = if c.arguments.trim().is_empty() {
-                                "{}".to_owned()
-                            } else {
-                                c.arguments.clone()
-                            };
-                            json!({
-                                "id": ids.get(&c.id),
-                                "type": "function",
-                                "function": {"name": c.name, "arguments": args},
-                            })
+            M::Assistant(content) => json!({"role": "assistant", "content": content}),
+            M::Calls(calls) => {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| {
+                        let args = if c.arguments.trim().is_empty() {
+                            "{}".to_owned()
+                        } else {
+                            c.arguments.clone()
+                        };
+                        json!({
+                            "id": ids.get(&c.id),
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": args},
                         })
-                        .collect();
-                    o.insert("tool_calls".into(), Value::Array(calls));
-                }
-                Value::Object(o)
+                    })
+                    .collect();
+                json!({"role": "assistant", "content": "", "tool_calls": calls})
             }
             M::Tool(id, name, content) => json!({
                 "role": "tool",

@@ -241,3 +241,128 @@ async fn falls_back_to_a_second_model() {
     assert!(text.contains("bonjour"));
     assert_eq!(sim.counters().mistral.requests, 2);
 }
+
+/// Runs one agent answer over `conversation`, appending its settled items; returns the spoken
+/// text and the failures.
+async fn agent_turn(
+    agent: &micdrop_core::agent::Agent,
+    conversation: &mut micdrop_core::Conversation,
+) -> (String, Vec<String>) {
+    use micdrop_core::agent::AgentEvent;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let run = agent.answer(conversation.to_vec(), tx);
+    let collect = async {
+        let (mut text, mut failures) = (String::new(), Vec::new());
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                AgentEvent::Text(t) => text.push_str(&t),
+                AgentEvent::Message(item) => {
+                    conversation.push(item);
+                }
+                AgentEvent::Failed(e) => failures.push(e.to_string()),
+                _ => {}
+            }
+        }
+        (text, failures)
+    };
+    let ((), out) = tokio::time::timeout(WAIT, async { tokio::join!(run, collect) })
+        .await
+        .expect("the answer ends");
+    out
+}
+
+fn weather_agent(p: &micdrop_providers::Providers, delay: Duration) -> micdrop_core::agent::Agent {
+    use micdrop_core::agent::{Agent, Tool};
+    Agent::new(p.model.clone(), "Tu es un assistant vocal.").tool(
+        Tool::new("get_weather", "Weather of a city")
+            .parameters(
+                serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            )
+            .handler(move |_| async move {
+                tokio::time::sleep(delay).await;
+                Ok(serde_json::json!({"temp": 12}))
+            }),
+    )
+}
+
+fn preamble_then_tool() -> Vec<ScriptedReply> {
+    vec![ScriptedReply {
+        when: Some("météo".into()),
+        text: Some("Un instant, je regarde.".into()),
+        tool_calls: vec![ScriptedToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris"}),
+        }],
+        ..Default::default()
+    }]
+}
+
+#[tokio::test]
+async fn a_preamble_then_a_tool_call_is_answered_on_the_next_turn() {
+    // The simulator refuses an assistant message with both text and tool calls, as
+    // api.mistral.ai does: merged, the tool step and every later turn would fail with a 400.
+    let sim = sim(&[], |s| s.mistral.replies = preamble_then_tool()).await;
+    let p = config(&sim).build().unwrap();
+    let agent = weather_agent(&p, Duration::ZERO);
+    let mut conv = micdrop_core::Conversation::with_system("Tu es un assistant vocal.");
+    conv.push(micdrop_core::ConversationItem::user(
+        "Quelle météo à Paris ?",
+    ));
+    let (text, failures) = agent_turn(&agent, &mut conv).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(text.starts_with("Un instant, je regarde."), "{text}");
+    assert!(
+        text.len() > "Un instant, je regarde.".len(),
+        "the tool step answered: {text}"
+    );
+    conv.push(micdrop_core::ConversationItem::user("Merci !"));
+    let (text, failures) = agent_turn(&agent, &mut conv).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(!text.is_empty());
+    assert_eq!(sim.counters().mistral.rejected, 0);
+}
+
+#[tokio::test]
+async fn a_barge_in_during_a_slow_tool_leaves_the_call_healthy() {
+    let sim = sim(&[], |s| s.mistral.replies = preamble_then_tool()).await;
+    let p = config(&sim).build().unwrap();
+    let agent = weather_agent(&p, Duration::from_secs(30));
+    for cancel_hook in [false, true] {
+        let mut conv = micdrop_core::Conversation::with_system("Tu es un assistant vocal.");
+        conv.push(micdrop_core::ConversationItem::user(
+            "Quelle météo à Paris ?",
+        ));
+        // The answer is cancelled (barge-in) while the tool runs: its call has no result.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let run = agent.answer(conv.to_vec(), tx);
+        let watch = async {
+            use micdrop_core::agent::AgentEvent;
+            while let Some(ev) = rx.recv().await {
+                if let AgentEvent::Message(item) = ev {
+                    let is_call = item.role() == micdrop_core::Role::ToolCall;
+                    conv.push(item);
+                    if is_call {
+                        return;
+                    }
+                }
+            }
+            panic!("no tool call");
+        };
+        tokio::select! {
+            () = run => panic!("the slow tool returned"),
+            () = watch => {}
+        }
+        if cancel_hook {
+            // What the call engine does on cancel.
+            assert_eq!(conv.cancel_dangling_tool_calls().len(), 1);
+        }
+        conv.push(micdrop_core::ConversationItem::user("Non, laisse tomber."));
+        let (text, failures) = agent_turn(&agent, &mut conv).await;
+        assert!(
+            failures.is_empty(),
+            "cancel hook {cancel_hook}: {failures:?}"
+        );
+        assert!(!text.is_empty());
+    }
+    assert_eq!(sim.counters().mistral.rejected, 0);
+}

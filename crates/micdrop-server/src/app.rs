@@ -70,6 +70,8 @@ pub struct App {
     pub sim: Option<SimHandle>,
     /// The WebSocket path.
     pub path: String,
+    /// How long a drain waits for calls in progress (`[server] drain_timeout_secs`).
+    pub drain_timeout: Duration,
     /// The conversation store (`[store]`).
     pub store: Option<Arc<micdrop_store::CallStore>>,
 }
@@ -180,6 +182,12 @@ impl App {
                 )));
             }
         }
+        if config.telemetry.metrics {
+            options.metrics = crate::telemetry::MetricsEndpoint::new(config.telemetry.token());
+            if options.metrics.is_none() {
+                tracing::warn!("another metrics recorder is installed: /metrics is not served");
+            }
+        }
         options.on_end = Some(Arc::new(|end| {
             info!(
                 duration_secs = end.duration_secs,
@@ -203,6 +211,7 @@ impl App {
         Ok(App {
             server,
             sim,
+            drain_timeout: config.server.drain_timeout(),
             path: config.server.path,
             store,
         })

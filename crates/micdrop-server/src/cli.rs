@@ -1,7 +1,6 @@
 //! The `serve` command.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::app::App;
 use crate::config::Config;
@@ -57,29 +56,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down: closing calls");
-    app.shutdown(Duration::from_secs(10)).await;
+    // SIGTERM/SIGINT: drain (see docs/deploy.md); a second signal ends at once.
+    app.run_until_signal().await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -7,6 +7,7 @@
 //! max_frame_bytes = 65536        # larger client frames close the call (1009)
 //! max_calls = 10000              # beyond: HTTP 503 before the upgrade
 //! idle_timeout_secs = 900        # no client frame for this long: close 1000 "Idle timeout"
+//! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
 //! [call]
 //! system_prompt = "..."
@@ -21,6 +22,12 @@
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
 //! bearer_tokens_env = "MICDROP_BEARER_TOKENS"  # comma-separated tokens from the environment
+//!
+//! [telemetry]
+//! metrics = true                 # GET /metrics (Prometheus) on the same listener
+//! metrics_token = "..."          # optional: then /metrics needs "Authorization: Bearer <token>"
+//! metrics_token_env = "MICDROP_METRICS_TOKEN"
+//! otlp_endpoint = "http://127.0.0.1:4318"  # optional: export traces over OTLP/HTTP
 //!
 //! [store]                         # optional: without it nothing is persisted (docs/store.md)
 //! url = "sqlite://micdrop-data/micdrop.db"   # or postgres://user:pass@host:5432/db
@@ -123,6 +130,8 @@ pub struct ServerSection {
     pub max_calls: usize,
     /// Idle timeout in seconds.
     pub idle_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long calls in progress may go on before they get 1001.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -133,6 +142,7 @@ impl Default for ServerSection {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_calls: DEFAULT_MAX_CALLS,
             idle_timeout_secs: micdrop_core::call::DEFAULT_IDLE_TIMEOUT.as_secs(),
+            drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
         }
     }
 }
@@ -141,6 +151,11 @@ impl ServerSection {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 }
 
@@ -262,6 +277,8 @@ pub struct Config {
     pub sovereignty: SovereigntyConfig,
     /// `[sim]`: the simulators' script for `serve --sim` (see docs/simulators.md).
     pub sim: Option<SimScript>,
+    /// `[telemetry]`: metrics and traces (see docs/deploy.md).
+    pub telemetry: crate::telemetry::TelemetrySection,
 }
 
 impl Config {

@@ -3,15 +3,19 @@
 //! The micdrop-rs server: the TOML [`config`], the HTTP and WebSocket routes ([`server`]) and
 //! the web page. The `micdrop serve` command is a thin wrapper over [`cli::serve`].
 //!
-//! Routes: `GET /healthz` (200 `ok`), the WebSocket call endpoint (`/call` by default), the demo
-//! page at `/` and `micdrop.js` (embedded at build time from `assets/`).
+//! Routes: `GET /healthz` (200 `ok`: liveness), `GET /readyz` (200 while taking calls, 503 when
+//! draining or full), `GET /metrics` (Prometheus, see [`telemetry`]), the WebSocket call endpoint
+//! (`/call` by default), the demo page at `/` and `micdrop.js` (embedded at build time from
+//! `assets/`). [`drain`]: the graceful drain on SIGTERM/SIGINT.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod persist;
 pub mod server;
+pub mod telemetry;
 
 pub use app::{App, AppError, build_agent};
 pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

@@ -1,4 +1,5 @@
-//! The HTTP server: `GET /healthz`, the WebSocket call endpoint, the web page and `micdrop.js`.
+//! The HTTP server: `GET /healthz`, `GET /readyz`, `GET /metrics` (when enabled), the WebSocket
+//! call endpoint, the web page and `micdrop.js`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
+use crate::telemetry::{self, ActiveCall, MetricsEndpoint};
 
 /// Read buffer of each call's WebSocket (bytes).
 pub const SOCKET_READ_BUFFER: usize = 4096;
@@ -56,6 +59,8 @@ pub struct ServerOptions {
     pub serve_assets: bool,
     /// Called at the end of each call.
     pub on_end: Option<EndHook>,
+    /// Serve `GET /metrics` (off unless set; `micdrop serve` sets it from `[telemetry]`).
+    pub metrics: Option<MetricsEndpoint>,
     /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
     pub store: Option<crate::persist::StoreHook>,
     /// More routes on the same listener (the admin API).
@@ -74,6 +79,7 @@ impl ServerOptions {
             max_calls: DEFAULT_MAX_CALLS,
             serve_assets: true,
             on_end: None,
+            metrics: None,
             store: None,
             routes: None,
         }
@@ -89,6 +95,7 @@ struct AppState {
     options: ServerOptions,
     calls: Arc<Semaphore>,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -96,7 +103,8 @@ struct AppState {
 pub struct RunningServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
+    pub(crate) draining: CancellationToken,
+    pub(crate) tracker: TaskTracker,
     http: tokio::task::JoinHandle<()>,
     calls: Arc<Semaphore>,
     max_calls: usize,
@@ -133,6 +141,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
     let tracker = TaskTracker::new();
     let calls = Arc::new(Semaphore::new(options.max_calls));
     let max_calls = options.max_calls;
@@ -140,6 +149,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
         options,
         calls: calls.clone(),
         shutdown: shutdown.clone(),
+        draining: draining.clone(),
         tracker: tracker.clone(),
     });
     let app = router(state);
@@ -162,6 +172,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     Ok(RunningServer {
         addr,
         shutdown,
+        draining,
         tracker,
         http,
         calls,
@@ -173,7 +184,11 @@ fn router(state: Arc<AppState>) -> Router {
     let path = state.options.path.clone();
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route(&path, get(call_handler));
+    if state.options.metrics.is_some() {
+        app = app.route("/metrics", get(metrics));
+    }
     if state.options.serve_assets {
         app = app.route("/", get(|| async { asset("index.html") }));
         for (name, _, _) in assets::ASSETS {
@@ -205,8 +220,28 @@ fn asset(name: &str) -> Response {
     }
 }
 
+/// `GET /readyz`: 200 while new calls are accepted; 503 when draining or at `max_calls`, so that
+/// a load balancer sends new calls elsewhere.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if state.calls.available_permits() == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "at max_calls").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match &state.options.metrics {
+        Some(m) => m.respond(&headers),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
+        telemetry::call_rejected();
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let Ok(permit) = state.calls.clone().try_acquire_owned() else {
@@ -214,6 +249,7 @@ async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) 
             max_calls = state.options.max_calls,
             "call refused: too many calls"
         );
+        telemetry::call_rejected();
         return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
     };
     let max = state.options.max_frame_bytes;
@@ -234,6 +270,8 @@ async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) 
 }
 
 async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocket) {
+    // In the active-calls gauge from the upgrade on (params included), out when dropped.
+    let active = ActiveCall::start();
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
     let params = if let (Some(hook), false) = (
@@ -249,6 +287,7 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
             Ok(p) => Some(p),
             Err(e) => {
                 info!(code = e.code, reason = %e.message, "call rejected");
+                telemetry::call_rejected();
                 reject(sink, &e).await;
                 return;
             }
@@ -259,6 +298,7 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
     if !opts.bearer_tokens.is_empty() {
         if let Err(e) = check_bearer(params.as_ref(), &opts.bearer_tokens) {
             info!(code = e.code, "call rejected: unauthorized");
+            telemetry::call_rejected();
             reject(sink, &e).await;
             return;
         }
@@ -267,6 +307,7 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
         Ok(c) => c,
         Err(e) => {
             info!(code = e.code, reason = %e.message, "call rejected");
+            telemetry::call_rejected();
             reject(sink, &e).await;
             return;
         }
@@ -277,12 +318,14 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
         match crate::persist::begin(hook, config, params.as_ref()).await {
             Ok((c, s)) => (config, session) = (c, Some(s)),
             Err(e) => {
+                telemetry::call_rejected();
                 reject(sink, &e).await;
                 return;
             }
         }
     }
     let end = run_call(config, sink, stream).await;
+    active.end(&end.reason);
     if let Some(session) = session {
         session.finish(&end).await;
     }

@@ -53,6 +53,13 @@ pub use state::{Service, ServiceCounters, SimCounters};
 
 use state::SimState;
 
+/// Checks a chat-completions request body against the message rules the Mistral simulator
+/// enforces, as api.mistral.ai does (message order, tool calls and their results, tool-call ids,
+/// text and tool calls in separate assistant messages, last role). On refusal, the 400 error body.
+pub fn check_mistral_messages(body: &serde_json::Value) -> Result<(), serde_json::Value> {
+    mistral::validate_semantics(body)
+}
+
 /// Errors of the simulator library.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

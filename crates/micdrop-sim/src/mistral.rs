@@ -873,6 +873,13 @@ pub(crate) fn validate_semantics(req: &Value) -> Result<(), Value> {
                     Value::Array(a) => !a.is_empty(),
                     _ => false,
                 };
+                if !calls.is_empty() && has_content {
+                    // api.mistral.ai: text and tool calls go in separate assistant messages.
+                    return Err(order_error(
+                        "Assistant message must have either content or tool_calls, but not both."
+                            .into(),
+                    ));
+                }
                 if calls.is_empty() && !has_content && m["prefix"].as_bool() != Some(true) {
                     return Err(error_body(
                         json!(

@@ -256,6 +256,31 @@ async fn validation_errors_match_the_real_api() {
         json!({"object": "error", "message": "Unexpected role 'user' after role 'tool'",
         "type": "invalid_request_message_order", "param": null, "code": "3230"})
     );
+    // 400 text and tool calls in one assistant message (a preamble before a tool call must be
+    // its own message; two assistant messages in a row are fine).
+    let with_both = |content: &str| {
+        json!({"model": "mistral-small-latest", "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": content, "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "abcDEF123", "name": "f", "content": "ok"},
+        ]})
+    };
+    let r = post(&url, with_both("Un instant, je regarde.")).await;
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"object": "error", "message": "Assistant message must have either content or tool_calls, but not both.",
+        "type": "invalid_request_message_order", "param": null, "code": "3230"})
+    );
+    let split = json!({"model": "mistral-small-latest", "messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "Un instant, je regarde."},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "name": "f", "content": "ok"},
+    ]});
+    assert_eq!(post(&url, split).await.status(), 200);
+    assert_eq!(post(&url, with_both("")).await.status(), 200);
     // 400 tool-call id format.
     let body = json!({"model": "mistral-small-latest", "messages": [
         {"role": "user", "content": "a"},
@@ -275,7 +300,7 @@ async fn validation_errors_match_the_real_api() {
     let mut body = user("hi", false);
     body["model"] = json!("gpt-4o");
     assert_eq!(post(&url, body).await.status(), 400);
-    assert_eq!(sim.counters().mistral.rejected, 7);
+    assert_eq!(sim.counters().mistral.rejected, 8);
     sim.shutdown().await;
 }
 

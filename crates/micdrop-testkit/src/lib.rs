@@ -9,13 +9,16 @@
 //!   delays; records its requests and whether a stream was dropped before its end.
 //! - [`ScriptedTurnDetector`]: turn verdicts from a script.
 //! - [`WsClient`]: a raw WebSocket client that reads frames with timeouts.
+//! - [`http_get`]: a minimal HTTP GET for the probes and `/metrics`.
 
+mod http;
 mod model;
 mod stt;
 mod tts;
 mod turn;
 mod ws;
 
+pub use http::http_get;
 pub use model::{ModelStep, ScriptedModel};
 pub use stt::{ScriptedStt, SttScript};
 pub use tts::ScriptedTts;

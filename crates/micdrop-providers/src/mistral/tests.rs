@@ -297,6 +297,7 @@ fn message_order_is_repaired() {
             "system",
             "user",
             "assistant",
+            "assistant",
             "tool",
             "assistant",
             "user",
@@ -304,13 +305,146 @@ fn message_order_is_repaired() {
             "user"
         ]
     );
-    assert_eq!(out[2]["content"], "Je regarde.", "text and calls merged");
-    assert_eq!(out[2]["tool_calls"][0]["id"], "abcdefghi");
-    assert_eq!(out[5]["content"], "late instruction");
+    assert_eq!(out[2]["content"], "Je regarde.");
+    assert!(out[2].get("tool_calls").is_none(), "text alone");
+    assert_eq!(out[3]["content"], "", "calls alone, empty content");
+    assert_eq!(out[3]["tool_calls"][0]["id"], "abcdefghi");
+    assert_eq!(out[6]["content"], "late instruction");
     assert_eq!(
-        out[7]["content"], "",
+        out[8]["content"], "",
         "a trailing assistant gets an empty user"
     );
+}
+
+fn call(id: &str, name: &str) -> ChatToolCall {
+    ChatToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: "{}".into(),
+    }
+}
+
+fn tool(id: &str, name: &str, content: &str) -> ChatMessage {
+    ChatMessage::Tool {
+        tool_call_id: id.into(),
+        name: name.into(),
+        content: content.into(),
+    }
+}
+
+/// The request rules of api.mistral.ai, as the simulator enforces them (`validate_semantics`).
+fn assert_valid(out: &[Value]) {
+    let body = json!({"model": "mistral-small-latest", "messages": out});
+    if let Err(e) = micdrop_sim::check_mistral_messages(&body) {
+        panic!(
+            "refused: {e}\n{}",
+            serde_json::to_string_pretty(out).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_preamble_and_a_tool_call_are_two_assistant_messages() {
+    // The model said something, then called a tool (one streamed answer).
+    let msgs = vec![
+        ChatMessage::System("s".into()),
+        ChatMessage::User("Quel temps fait-il ?".into()),
+        ChatMessage::Assistant {
+            content: "Un instant, je regarde…".into(),
+            tool_calls: vec![call("abcDEF123", "meteo")],
+        },
+        tool("abcDEF123", "meteo", "{\"temp\":12}"),
+    ];
+    let out = normalize_messages(&msgs);
+    assert_eq!(
+        roles(&out),
+        ["system", "user", "assistant", "assistant", "tool"]
+    );
+    assert_eq!(
+        out[2],
+        json!({"role": "assistant", "content": "Un instant, je regarde…"})
+    );
+    assert_eq!(out[3]["content"], "");
+    assert_valid(&out);
+}
+
+#[test]
+fn every_tool_call_gets_its_result_in_place() {
+    // A barge-in while the second tool ran: no result for it, and the user spoke on.
+    let msgs = vec![
+        ChatMessage::System("s".into()),
+        ChatMessage::User("a".into()),
+        ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call("call_one", "t1"), call("call_two", "t2")],
+        },
+        ChatMessage::User("non, attends".into()),
+        // A late result of the first call, after the user's message.
+        tool("call_one", "t1", "1"),
+        // A result whose call is gone.
+        tool("orphan", "t3", "3"),
+    ];
+    let out = normalize_messages(&msgs);
+    assert_eq!(
+        roles(&out),
+        [
+            "system",
+            "user",
+            "assistant",
+            "tool",
+            "tool",
+            "assistant",
+            "user"
+        ]
+    );
+    assert_eq!(out[3]["content"], "1");
+    assert_eq!(out[3]["tool_call_id"], out[2]["tool_calls"][0]["id"]);
+    assert_eq!(out[4]["content"], CANCELLED_TOOL_OUTPUT);
+    assert_eq!(out[4]["tool_call_id"], out[2]["tool_calls"][1]["id"]);
+    assert_eq!(out[4]["name"], "t2");
+    assert_valid(&out);
+    // Ending on the dangling call: still valid (the last message is its tool result).
+    let out = normalize_messages(&msgs[..3]);
+    assert_eq!(roles(&out), ["system", "user", "assistant", "tool", "tool"]);
+    assert_valid(&out);
+}
+
+#[test]
+fn rules_hold_after_ignore_user_noise_removed_the_user_message() {
+    // [user "hmm"] was removed by ignore_user_noise: the tool call follows the system prompt.
+    let msgs = vec![
+        ChatMessage::System("s".into()),
+        ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call("noise0001", "ignore_user_noise")],
+        },
+        tool("noise0001", "ignore_user_noise", "null"),
+    ];
+    assert_valid(&normalize_messages(&msgs));
+    let mut next = msgs.clone();
+    next.push(ChatMessage::User("Bonjour".into()));
+    let out = normalize_messages(&next);
+    assert_eq!(
+        roles(&out),
+        ["system", "assistant", "tool", "assistant", "user"]
+    );
+    assert_valid(&out);
+    // The removed user message leaves a preamble + a noise call + a dangling call.
+    let msgs = vec![
+        ChatMessage::System("s".into()),
+        ChatMessage::User("a".into()),
+        ChatMessage::Assistant {
+            content: "Bien.".into(),
+            tool_calls: vec![call("noise0002", "ignore_user_noise")],
+        },
+        ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call("slow00001", "slow")],
+        },
+        tool("noise0002", "ignore_user_noise", "null"),
+        ChatMessage::User("b".into()),
+    ];
+    assert_valid(&normalize_messages(&msgs));
 }
 
 fn options(base: &str) -> MistralOptions {
@@ -362,7 +496,11 @@ fn body_has_only_known_fields_and_the_dialect_seed() {
             "tool_choice"
         ]
     );
-    assert_eq!(body["model"], "mistral-large-latest");
+    assert_eq!(body["model"], MISTRAL_DEFAULT_MODEL);
+    assert_eq!(
+        MISTRAL_DEFAULT_MODEL, "mistral-small-latest",
+        "the voice default"
+    );
     assert_eq!(body["tools"][0]["function"]["parameters"]["type"], "object");
     o.dialect = Dialect::OpenAi;
     let body = build_body(&o, &ChatRequest::default());
