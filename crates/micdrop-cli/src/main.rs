@@ -3,9 +3,11 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_sim;
 mod call;
 mod live;
+mod serve;
+#[cfg(feature = "sim")]
+mod sim;
 
 /// micdrop-rs: real-time voice conversations with AI, on a sovereign EU stack.
 #[derive(Debug, Parser)]
@@ -29,9 +31,10 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the call server (WebSocket at /call, web page at /).
-    Serve(micdrop_server::cli::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Run local simulators of Gladia, Gradium and Mistral (see docs/simulators.md).
-    Sim(micdrop_sim::cli::SimArgs),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimArgs),
     /// Call a server: speak a WAV, a text or a scenario, print the conversation.
     Call(call::CallArgs),
     /// Load test: N simulated callers against a server (default: in-process, simulated providers).
@@ -57,8 +60,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Serve(args) => micdrop_server::cli::serve(args).await,
-        Command::Sim(args) => micdrop_sim::cli::run(args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        #[cfg(feature = "sim")]
+        Command::Sim(args) => sim::run(args).await,
         Command::Call(args) => call::call(args).await,
         Command::Bench(args) => bench::bench(args).await,
     }

@@ -12,6 +12,8 @@
 //! - [`audio`]: PCM helpers, WAV files, resampling, `espeak-ng`, synthetic speech.
 //! - [`scenario`]: TOML scenarios (steps and expectations) and their runner.
 //! - [`error`]: [`ClientError`] and the close-code mapping.
+//! - [`bench`](mod@bench): the load generator of `micdrop bench` (concurrent callers, latency, barge-in,
+//!   server CPU and memory).
 //! - `live` (feature `mic`): the default microphone and speaker through `cpal` (Linux: build
 //!   needs `libasound2-dev`).
 //!
@@ -43,6 +45,7 @@
 //! ```
 
 pub mod audio;
+pub mod bench;
 pub mod client;
 pub mod error;
 #[cfg(feature = "mic")]

@@ -7,11 +7,13 @@ use std::time::Duration;
 use micdrop_core::agent::Agent;
 use micdrop_core::call::CallConfig;
 use micdrop_providers::config::ProvidersConfig;
-use micdrop_sim::{SimHandle, SimScript, Simulators};
+#[cfg(feature = "sim")]
+use micdrop_sim::Simulators;
 use tracing::info;
 
 use crate::config::{CallSection, Config};
 use crate::server::{RunningServer, ServerOptions, start};
+use crate::sim::{SimHandle, SimScript};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +79,12 @@ pub struct App {
 }
 
 impl App {
-    /// Starts everything. `sim`: run with in-process simulators and this script.
+    /// Starts everything. `sim`: run with in-process simulators and this script (feature `sim`).
     pub async fn start(config: Config, sim: Option<SimScript>) -> Result<App, AppError> {
+        #[cfg_attr(not(feature = "sim"), allow(unused_mut))]
         let mut providers_config: ProvidersConfig = config.providers();
         let sim = match sim {
+            #[cfg(feature = "sim")]
             Some(script) => {
                 let handle = Simulators::start(SocketAddr::from(([127, 0, 0, 1], 0)), script)
                     .await
@@ -98,6 +102,8 @@ impl App {
                 );
                 Some(handle)
             }
+            #[cfg(not(feature = "sim"))]
+            Some(never) => match never {},
             None => {
                 let missing = providers_config.missing_keys();
                 if !missing.is_empty() {
@@ -217,6 +223,11 @@ impl App {
         })
     }
 
+    /// Whether the providers are the in-process simulators (`serve --sim`).
+    pub fn simulated(&self) -> bool {
+        self.sim.is_some()
+    }
+
     /// Stops the server (calls close with 1001 and get their end), then the simulators.
     pub async fn shutdown(self, grace: Duration) {
         self.server.shutdown(grace).await;
@@ -224,6 +235,7 @@ impl App {
             // Queued writes (the calls' ends) are written before exit.
             store.shutdown(Duration::from_secs(5)).await;
         }
+        #[cfg(feature = "sim")]
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }

@@ -50,7 +50,6 @@ use micdrop_providers::config::{
     AgentProviderConfig, ProvidersConfig, SovereigntyConfig, SttProviderConfig, TtsKind,
     TtsProviderConfig,
 };
-use micdrop_sim::SimScript;
 use serde::Deserialize;
 
 /// Default listen address.
@@ -276,7 +275,11 @@ pub struct Config {
     /// `[sovereignty]`: the EU data policy.
     pub sovereignty: SovereigntyConfig,
     /// `[sim]`: the simulators' script for `serve --sim` (see docs/simulators.md).
-    pub sim: Option<SimScript>,
+    #[cfg(feature = "sim")]
+    pub sim: Option<micdrop_sim::SimScript>,
+    /// `[sim]`: accepted and ignored in a build without the simulators (feature `sim` off).
+    #[cfg(not(feature = "sim"))]
+    pub sim: Option<toml::Table>,
     /// `[telemetry]`: metrics and traces (see docs/deploy.md).
     pub telemetry: crate::telemetry::TelemetrySection,
 }
@@ -334,6 +337,7 @@ impl Config {
                 "[server] idle_timeout_secs must be at least 1".into(),
             ));
         }
+        #[cfg(feature = "sim")]
         if let Some(sim) = &self.sim {
             sim.validate()
                 .map_err(|e| ConfigError::Invalid(format!("[sim] {e}")))?;

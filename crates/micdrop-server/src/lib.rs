@@ -1,7 +1,11 @@
 //! # micdrop-server
 //!
 //! The micdrop-rs server: the TOML [`config`], the HTTP and WebSocket routes ([`server`]) and
-//! the web page. The `micdrop serve` command is a thin wrapper over [`cli::serve`].
+//! the web page. The `micdrop serve` command (crate micdrop-cli) parses its arguments and runs
+//! an [`App`].
+//!
+//! Feature `sim` (on by default): `serve --sim`, the in-process simulators of micdrop-sim
+//! ([`sim`]); without it, the server has no simulator code.
 //!
 //! Routes: `GET /healthz` (200 `ok`: liveness), `GET /readyz` (200 while taking calls, 503 when
 //! draining or full), `GET /metrics` (Prometheus, see [`telemetry`]), the WebSocket call endpoint
@@ -10,11 +14,11 @@
 
 pub mod admin;
 pub mod app;
-pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod persist;
 pub mod server;
+pub mod sim;
 pub mod telemetry;
 
 pub use app::{App, AppError, build_agent};

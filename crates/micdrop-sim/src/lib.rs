@@ -13,7 +13,7 @@
 //!
 //! Layout: [`script`] (the serde script), `gladia`, `gradium`, `mistral` (one module per
 //! service), `vad` (energy speech detection), `audio` (codecs, resampling, speech synthesis),
-//! [`cli`] (`micdrop sim`). The exact wire behaviour is documented in `docs/simulators.md`.
+//! The `micdrop sim` command is in micdrop-cli. The exact wire behaviour is documented in `docs/simulators.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -29,7 +29,6 @@
 //! ```
 
 mod audio;
-pub mod cli;
 mod gladia;
 mod gradium;
 mod mistral;

@@ -9,8 +9,11 @@
 //!   delays; records its requests and whether a stream was dropped before its end.
 //! - [`ScriptedTurnDetector`]: turn verdicts from a script.
 //! - [`WsClient`]: a raw WebSocket client that reads frames with timeouts.
+//! - [`bench`](mod@bench): timed providers (exact, configurable delays), the engine stack of
+//!   `micdrop bench`.
 //! - [`http_get`]: a minimal HTTP GET for the probes and `/metrics`.
 
+pub mod bench;
 mod http;
 mod model;
 mod stt;

@@ -1,6 +1,7 @@
-//! The providers of `micdrop bench`'s in-process server: a speech-to-text, a chat model and a
-//! text-to-speech that add exactly the delays they are configured with, so that the server's
-//! own overhead is the measured latency minus these delays.
+//! Timed providers, the engine stack of `micdrop bench`: a speech-to-text, a chat model and a
+//! text-to-speech at the trait level (no network) that add exactly the delays they are
+//! configured with, so that the server's own overhead is the measured latency minus these
+//! delays.
 
 use std::sync::Arc;
 
@@ -9,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use micdrop_client::audio;
 use micdrop_core::agent::{Agent, ChatChunk, ChatModel, ChatRequest};
 use micdrop_core::call::CallConfig;
 use micdrop_core::stt::{SpeechToText, SttCommand, SttEvent, SttSessionIo};
@@ -185,7 +185,7 @@ impl SimTts {
     fn new(delays: SimDelays) -> Self {
         Self {
             delays,
-            frame: audio::to_bytes(&audio::speech_like(100)),
+            frame: tone_frame(),
         }
     }
 }
@@ -252,7 +252,7 @@ impl TextToSpeech for SimTts {
                             let id = u.id;
                             if d.tts_real_time {
                                 if let Some(next) = u.next.as_mut() {
-                                    *next += audio::duration_of_bytes(n);
+                                    *next += duration_of_bytes(n);
                                 }
                             }
                             if io.events.send(TtsEvent::Audio(id, frame.slice(..n))).await.is_err() {
@@ -275,5 +275,37 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) if d > Instant::now() => tokio::time::sleep_until(d).await,
         Some(_) => tokio::task::yield_now().await,
         None => std::future::pending().await,
+    }
+}
+
+/// 100 ms of a 220 Hz tone, PCM s16le 16 kHz (what the timed TTS speaks).
+fn tone_frame() -> Bytes {
+    let rate = f64::from(SAMPLE_RATE);
+    let mut v = Vec::with_capacity(FRAME_BYTES);
+    for i in 0..FRAME_BYTES / 2 {
+        let x = (2.0 * std::f64::consts::PI * 220.0 * i as f64 / rate).sin() * 0.2 * 32767.0;
+        v.extend_from_slice(&(x as i16).to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
+/// Play time of `n` bytes of PCM s16le 16 kHz mono.
+fn duration_of_bytes(n: usize) -> Duration {
+    Duration::from_micros((n / 2) as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realistic_delays_add_up_to_the_first_audio_delay() {
+        assert_eq!(SimDelays::zero().first_audio_delay(), Duration::ZERO);
+        assert_eq!(
+            SimDelays::realistic().first_audio_delay(),
+            Duration::from_millis(700)
+        );
+        assert_eq!(tone_frame().len(), FRAME_BYTES);
+        assert_eq!(duration_of_bytes(FRAME_BYTES), Duration::from_millis(100));
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::{SimScript, Simulators};
+use micdrop_sim::{SimScript, Simulators};
 
 /// Options of `micdrop sim`.
 #[derive(Debug, Clone, clap::Args)]

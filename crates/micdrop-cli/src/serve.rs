@@ -1,9 +1,9 @@
-//! The `serve` command.
+//! `micdrop serve`: its arguments, and the server until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
-use crate::app::App;
-use crate::config::Config;
+use micdrop_server::App;
+use micdrop_server::config::Config;
 
 /// Options of `micdrop serve`.
 #[derive(Debug, clap::Args)]
@@ -16,9 +16,11 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     /// Run offline: in-process simulators of Mistral, Gladia and Gradium, reached through the
     /// real provider clients. No API key, no network.
+    #[cfg(feature = "sim")]
     #[arg(long)]
     pub sim: bool,
     /// Simulator script (TOML with a `[sim]` section); default: the config's `[sim]` section.
+    #[cfg(feature = "sim")]
     #[arg(long, requires = "sim")]
     pub sim_script: Option<PathBuf>,
 }
@@ -32,6 +34,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    #[cfg(feature = "sim")]
     let sim = if args.sim {
         Some(match &args.sim_script {
             Some(path) => {
@@ -45,12 +48,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    #[cfg(not(feature = "sim"))]
+    let sim = None;
     let app = App::start(config, sim).await?;
     let addr = app.server.local_addr();
     eprintln!(
         "micdrop listening: web page http://{addr}/  WebSocket ws://{addr}{}{}",
         app.path,
-        if app.sim.is_some() {
+        if app.simulated() {
             "  (simulated providers)"
         } else {
             ""
