@@ -34,6 +34,15 @@ pub struct BenchArgs {
     /// Idle calls: callers connect and hold the call without speaking (memory per call).
     #[arg(long, conflicts_with = "scenario")]
     pub idle: bool,
+    /// Light callers: one connection each for the whole run, turns of 10 × 100 ms pre-encoded
+    /// frames in real time and 1-3 s think time, no VAD (the cheapest real-time load; see
+    /// docs/BENCHMARKS.md). No barge-in figures.
+    #[arg(long, conflicts_with_all = ["scenario", "idle"])]
+    pub light: bool,
+    /// With --isolate: pin the server process to these CPUs (`taskset -c LIST`, e.g. `1`);
+    /// pin the callers with `taskset -c 0 micdrop bench ...`.
+    #[arg(long, requires = "isolate")]
+    pub server_cpus: Option<String>,
     /// Simulator delays of the in-process server.
     #[arg(long, value_enum, default_value_t = SimMode::Zero)]
     pub sim: SimMode,
@@ -118,7 +127,15 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         (url.clone(), args.server_pid, m)
     } else if args.isolate {
         let exe = std::env::current_exe()?;
-        let mut c = tokio::process::Command::new(exe)
+        let mut command = match &args.server_cpus {
+            Some(cpus) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.args(["-c", cpus]).arg(exe);
+                c
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let mut c = command
             .args(["bench", "--serve-only", "--sim"])
             .arg(format!("{:?}", args.sim).to_lowercase())
             .arg("--stack")
@@ -153,6 +170,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let workload = if args.idle {
         Workload::Idle
+    } else if args.light {
+        Workload::Light
     } else if let Some(path) = &args.scenario {
         Workload::Scenario(Box::new(Scenario::load(path)?))
     } else {
@@ -249,6 +268,10 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
             script.gladia.max_sessions = max_calls;
             script.gradium.max_sessions = max_calls;
             script.mistral.requests_per_minute = None;
+            // Every bench turn is one utterance: the simulated STT must not hold its final for
+            // a possible continuation of the turn (`turn_gap_ms`, ~300 ms of wall-clock wait
+            // that the real services do not add; see docs/BENCHMARKS.md).
+            script.turn_gap_ms = 0;
             Ok(InProcess::Providers(
                 micdrop_server::App::start(config, Some(script)).await?,
             ))

@@ -72,3 +72,39 @@ fn short_bench_reports_latency_barge_in_and_server_usage() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn light_callers_hold_their_calls_and_get_answers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
+        .env("MICDROP_LOG", "warn")
+        .args([
+            "bench",
+            "--light",
+            "--calls",
+            "3",
+            "--ramp",
+            "0.1",
+            "--duration",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["errors"], 0, "{r:#}");
+    // One connection per caller for the whole run.
+    assert_eq!(r["runs"], 3, "{r:#}");
+    assert_eq!(r["calls_held_peak"], 3, "{r:#}");
+    // Every caller spoke once within 1.5 s + 1 s and its turn is finished after the stop.
+    let turns = r["turns_completed"].as_u64().unwrap();
+    assert!(turns >= 3, "{r:#}");
+    assert_eq!(r["turns_sent"].as_u64().unwrap(), turns, "{r:#}");
+    assert_eq!(r["latency_ms"]["count"].as_u64().unwrap(), turns, "{r:#}");
+    assert!(r["server_overhead_ms"]["p99"].as_f64().is_some());
+}

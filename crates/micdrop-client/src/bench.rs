@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::scenario::{self, BargeIn, RunOptions, Scenario, ScenarioReport};
 use crate::{Event, ReconnectOptions};
 
+pub mod light;
+
 /// The default scenario of each caller: a turn, then a barge-in after 500 ms of the answer.
 pub const DEFAULT_SCENARIO: &str = r#"
 name = "bench"
@@ -51,6 +53,10 @@ pub enum Workload {
     /// Idle calls: each caller connects and holds its call without speaking until the end of
     /// the load phase (memory per call).
     Idle,
+    /// Light callers ([`light`]): one connection per caller for the whole load phase, turns of
+    /// 10 × 100 ms pre-encoded frames in real time, 1 to 3 s of think time; no VAD, no event
+    /// channel. The cheapest load that still talks in real time.
+    Light,
 }
 
 /// Options of a bench run.
@@ -245,9 +251,13 @@ pub async fn run(options: BenchOptions) -> BenchReport {
     let pid = options.server_pid;
     let ramp = options.ramp;
     let idle = matches!(options.workload, Workload::Idle);
+    let light = matches!(options.workload, Workload::Light);
+    let frame = light::speech_frame();
     let scenario = match options.workload {
         // Each idle caller holds its call until the end of the load phase (see below).
-        Workload::Idle => Scenario::from_toml(IDLE_SCENARIO).expect("the idle scenario parses"),
+        Workload::Idle | Workload::Light => {
+            Scenario::from_toml(IDLE_SCENARIO).expect("the idle scenario parses")
+        }
         Workload::Scenario(s) => *s,
     };
     let scenario = Arc::new(scenario);
@@ -307,6 +317,21 @@ pub async fn run(options: BenchOptions) -> BenchReport {
         } else {
             Duration::ZERO
         };
+        if light {
+            let (url, params, frame, held, agg, stop) = (
+                url.clone(),
+                params.clone(),
+                frame.clone(),
+                held.clone(),
+                agg.clone(),
+                stop.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                light::caller(i, url, params, frame, held, agg, stop).await;
+            }));
+            continue;
+        }
         let scenario = if idle {
             // Hold from this caller's start to the end of the load phase.
             let hold = (ramp + options.duration).saturating_sub(at);

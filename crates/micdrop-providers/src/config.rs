@@ -37,8 +37,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::fallback::{FallbackModel, FallbackStt, FallbackTts};
-use crate::gladia::GladiaStt;
-use crate::gradium::{GradiumStt, GradiumTts};
+pub use crate::gladia::{GladiaConfig, GladiaRegion};
+pub use crate::gradium::{GradiumRegion, GradiumSttConfig, GradiumTtsConfig};
 use crate::link::LinkPolicy;
 use crate::mistral::{
     ChatSettings, Dialect, MISTRAL_BASE_URL, MISTRAL_DEFAULT_MODEL, MistralModel, MistralOptions,
@@ -91,7 +91,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An invalid value of `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.into(),
             message: message.into(),
@@ -202,15 +203,8 @@ impl ProvidersConfig {
         for (provider, url) in self.labelled_endpoints() {
             self.sovereignty.check(&provider, &url)?;
         }
-        for (provider, g) in self.gladia_configs() {
-            let Ok(url) = g.init_url() else { continue };
-            if g.region == GladiaRegion::UsWest && url.host_str() == Some("api.gladia.io") {
-                return Err(SovereigntyError {
-                    provider,
-                    endpoint: url.to_string(),
-                    reason: "Gladia region \"us-west\" processes audio in the US".into(),
-                });
-            }
+        for (label, section) in self.sections() {
+            section.check_policy(&label, &self.sovereignty)?;
         }
         Ok(())
     }
@@ -224,15 +218,23 @@ impl ProvidersConfig {
         gradium_base: &str,
         mistral_base: &str,
     ) {
-        let fake = |name: &str| Some(ApiKey::new(format!("sim-{name}-key")));
-        point_agent(&mut self.agent, mistral_base, &fake("mistral"));
-        self.stt.gladia.base_url = Some(gladia_base.to_owned());
-        self.stt.gladia.api_key = fake("gladia");
-        self.stt.gradium.base_url = Some(gradium_base.to_owned());
-        self.stt.gradium.api_key = fake("gradium");
+        let sims = SimEndpoints {
+            gladia: gladia_base.to_owned(),
+            gradium: gradium_base.to_owned(),
+            mistral: mistral_base.to_owned(),
+        };
+        point_agent(
+            &mut self.agent,
+            mistral_base,
+            &Some(ApiKey::new("sim-mistral-key")),
+        );
+        for section in self.stt.sections_mut() {
+            section.point_to_simulators(&sims);
+        }
         if let Some(tts) = &mut self.tts {
-            tts.gradium.base_url = Some(gradium_base.to_owned());
-            tts.gradium.api_key = fake("gradium");
+            for section in tts.sections_mut() {
+                section.point_to_simulators(&sims);
+            }
         }
     }
 
@@ -266,19 +268,10 @@ impl ProvidersConfig {
         let stt = {
             let mut list: Vec<Arc<dyn SpeechToText>> = Vec::new();
             for kind in self.stt.chain() {
-                list.push(match kind {
-                    SttKind::Gladia => Arc::new(
-                        GladiaStt::new(
-                            self.stt.gladia.clone(),
-                            self.stt.gladia.key("stt gladia")?,
-                        )?
-                        .with_session_host_policy(self.sovereignty.clone()),
-                    ),
-                    SttKind::Gradium => Arc::new(GradiumStt::new(
-                        self.stt.gradium.clone(),
-                        self.stt.gradium.key("stt gradium")?,
-                    )?),
-                });
+                let label = format!("stt {}", kind.name());
+                if let Some(section) = self.stt.section(kind) {
+                    list.push(section.build(&self.context(&label))?);
+                }
             }
             if list.len() == 1 {
                 list.remove(0)
@@ -291,12 +284,9 @@ impl ProvidersConfig {
             Some(t) => {
                 let mut list: Vec<Arc<dyn TextToSpeech>> = Vec::new();
                 for kind in t.chain() {
-                    match kind {
-                        TtsKind::Gradium => list.push(Arc::new(GradiumTts::new(
-                            t.gradium.clone(),
-                            t.gradium.key("tts gradium")?,
-                        )?)),
-                        TtsKind::None => {}
+                    let label = format!("tts {}", kind.name());
+                    if let Some(section) = t.section(kind) {
+                        list.push(section.build(&self.context(&label))?);
                     }
                 }
                 match list.len() {
@@ -309,6 +299,31 @@ impl ProvidersConfig {
         Ok(Providers { model, stt, tts })
     }
 
+    fn context<'a>(&'a self, label: &'a str) -> BuildContext<'a> {
+        BuildContext {
+            label,
+            sovereignty: &self.sovereignty,
+        }
+    }
+
+    /// The speech providers in use (chains of `[stt]` and `[tts]`), labelled `stt gladia`...
+    fn sections(&self) -> Vec<(String, &dyn ProviderSection)> {
+        let mut out: Vec<(String, &dyn ProviderSection)> = Vec::new();
+        for kind in self.stt.chain() {
+            if let Some(s) = self.stt.section(kind) {
+                out.push((format!("stt {}", kind.name()), upcast_stt(s)));
+            }
+        }
+        if let Some(t) = &self.tts {
+            for kind in t.chain() {
+                if let Some(s) = t.section(kind) {
+                    out.push((format!("tts {}", kind.name()), upcast_tts(s)));
+                }
+            }
+        }
+        out
+    }
+
     fn key_needs(&self) -> Vec<KeyNeed> {
         let mut out = Vec::new();
         for (_, a) in self.agent.flatten() {
@@ -319,35 +334,12 @@ impl ProvidersConfig {
                 });
             }
         }
-        for kind in self.stt.chain() {
-            match kind {
-                SttKind::Gladia => out.push(KeyNeed {
-                    env: self.stt.gladia.api_key_env.clone(),
-                    key: self.stt.gladia.api_key.clone(),
-                }),
-                SttKind::Gradium => out.push(KeyNeed {
-                    env: self.stt.gradium.api_key_env.clone(),
-                    key: self.stt.gradium.api_key.clone(),
-                }),
-            }
-        }
-        if let Some(t) = &self.tts {
-            if t.chain().contains(&TtsKind::Gradium) {
-                out.push(KeyNeed {
-                    env: t.gradium.api_key_env.clone(),
-                    key: t.gradium.api_key.clone(),
-                });
-            }
-        }
+        out.extend(
+            self.sections()
+                .into_iter()
+                .filter_map(|(_, s)| s.key_need()),
+        );
         out
-    }
-
-    fn gladia_configs(&self) -> Vec<(String, &GladiaConfig)> {
-        if self.stt.chain().contains(&SttKind::Gladia) {
-            vec![("stt gladia".into(), &self.stt.gladia)]
-        } else {
-            vec![]
-        }
     }
 
     fn labelled_endpoints(&self) -> Vec<(String, Url)> {
@@ -357,29 +349,21 @@ impl ProvidersConfig {
                 out.push((label, u));
             }
         }
-        for kind in self.stt.chain() {
-            match kind {
-                SttKind::Gladia => {
-                    if let Ok(u) = self.stt.gladia.init_url() {
-                        out.push(("stt gladia".into(), u));
-                    }
-                }
-                SttKind::Gradium => {
-                    if let Ok(u) = self.stt.gradium.url() {
-                        out.push(("stt gradium".into(), u));
-                    }
-                }
-            }
-        }
-        if let Some(t) = &self.tts {
-            if t.chain().contains(&TtsKind::Gradium) {
-                if let Ok(u) = t.gradium.url() {
-                    out.push(("tts gradium".into(), u));
-                }
+        for (label, s) in self.sections() {
+            for u in s.endpoints() {
+                out.push((label.clone(), u));
             }
         }
         out
     }
+}
+
+fn upcast_stt(s: &dyn SttSection) -> &dyn ProviderSection {
+    s
+}
+
+fn upcast_tts(s: &dyn TtsSection) -> &dyn ProviderSection {
+    s
 }
 
 fn point_agent(a: &mut AgentProviderConfig, mistral_base: &str, key: &Option<ApiKey>) {
@@ -392,17 +376,31 @@ fn point_agent(a: &mut AgentProviderConfig, mistral_base: &str, key: &Option<Api
     }
 }
 
-struct KeyNeed {
-    env: String,
-    key: Option<ApiKey>,
+/// A key a provider needs: its environment variable, and the key set by code if any.
+#[derive(Debug, Clone)]
+pub struct KeyNeed {
+    /// The environment variable.
+    pub env: String,
+    /// A key set by code (counts as set).
+    pub key: Option<ApiKey>,
 }
 
-fn parse_url(field: &str, value: &str) -> Result<Url, ConfigError> {
+impl KeyNeed {
+    /// The key of a section with `api_key_env` and `api_key`.
+    pub fn new(env: &str, key: &Option<ApiKey>) -> Self {
+        Self {
+            env: env.to_owned(),
+            key: key.clone(),
+        }
+    }
+}
+
+pub(crate) fn parse_url(field: &str, value: &str) -> Result<Url, ConfigError> {
     Url::parse(value)
         .map_err(|e| ConfigError::invalid(field, format!("invalid URL {value:?}: {e}")))
 }
 
-fn ms(v: u64) -> Duration {
+pub(crate) fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
@@ -631,29 +629,156 @@ impl AgentProviderConfig {
 // [stt]
 // ---------------------------------------------------------------------------------------------
 
-/// A speech-to-text provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SttKind {
-    /// Gladia live v2 (`[stt.gladia]`).
-    #[default]
-    Gladia,
-    /// Gradium ASR (`[stt.gradium]`).
-    Gradium,
+/// What the registry needs from a provider's section (`[stt.gladia]`, `[tts.gradium]`, ...).
+/// Each vendor module implements it for its own config type, next to the provider.
+pub trait ProviderSection: std::fmt::Debug + Send + Sync {
+    /// The key it needs (`None`: no key, e.g. a local provider).
+    fn key_need(&self) -> Option<KeyNeed>;
+
+    /// Every endpoint it reaches (for the policy check and the per-call log; invalid URLs are
+    /// left out here and reported by `build`). Empty for an in-process provider.
+    fn endpoints(&self) -> Vec<Url>;
+
+    /// Checks beyond the endpoints' hosts (e.g. Gladia's `region`). `label` names the provider
+    /// in errors (`stt gladia`).
+    fn check_policy(
+        &self,
+        label: &str,
+        policy: &SovereigntyConfig,
+    ) -> Result<(), SovereigntyError> {
+        let _ = (label, policy);
+        Ok(())
+    }
+
+    /// Points the provider at the local simulators with a fake key (`micdrop serve --sim`);
+    /// providers without a simulator keep their configuration.
+    fn point_to_simulators(&mut self, sims: &SimEndpoints) {
+        let _ = sims;
+    }
 }
 
-/// `[stt]`: the provider, its fallbacks, and each provider's options.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SttProviderConfig {
-    /// `gladia` (default) or `gradium`.
-    pub provider: SttKind,
-    /// Providers switched to, in order, when the current one fails (pending audio replayed).
-    pub fallbacks: Vec<SttKind>,
-    /// `[stt.gladia]`.
-    pub gladia: GladiaConfig,
-    /// `[stt.gradium]`.
-    pub gradium: GradiumSttConfig,
+/// A speech-to-text section: builds its provider.
+pub trait SttSection: ProviderSection {
+    /// Builds the provider.
+    fn build(&self, cx: &BuildContext<'_>) -> Result<Arc<dyn SpeechToText>, ConfigError>;
+}
+
+/// A text-to-speech section: builds its provider.
+pub trait TtsSection: ProviderSection {
+    /// Builds the provider.
+    fn build(&self, cx: &BuildContext<'_>) -> Result<Arc<dyn TextToSpeech>, ConfigError>;
+}
+
+/// What a section gets to build its provider.
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    /// The provider's label in errors (`stt gladia`).
+    pub label: &'a str,
+    /// The data policy.
+    pub sovereignty: &'a SovereigntyConfig,
+}
+
+impl BuildContext<'_> {
+    /// The section's key (set by code, or from its environment variable).
+    pub fn key(&self, section: &dyn ProviderSection) -> Result<ApiKey, ConfigError> {
+        match section.key_need() {
+            Some(n) => resolve_key(&n.key, &n.env, self.label),
+            None => Err(ConfigError::invalid(self.label, "no API key needed")),
+        }
+    }
+}
+
+/// Base URLs of the local simulators (see [`ProvidersConfig::point_to_simulators`]).
+#[derive(Debug, Clone)]
+pub struct SimEndpoints {
+    /// Gladia API root.
+    pub gladia: String,
+    /// Gradium base (`ws://…/api`).
+    pub gradium: String,
+    /// Mistral base (`http://…/v1`).
+    pub mistral: String,
+}
+
+/// Declares a capability's providers: the `kind` enum (TOML names), the section holding one
+/// field per provider, and the registry (`section`, `sections_mut`). Adding a provider is one
+/// line here plus its vendor module (its config type implementing the capability's section
+/// trait).
+macro_rules! registry {
+    (
+        $(#[$kind_meta:meta])* kind $kind:ident;
+        $(#[$cfg_meta:meta])* section $cfg:ident: $section:ident, $cap:literal;
+        $(#[$extra_meta:meta])* extra { $($extra:tt)* }
+        $( $(#[$doc:meta])* $variant:ident = $name:literal => $field:ident: $ty:ty, )*
+    ) => {
+        $(#[$kind_meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        pub enum $kind {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+            $($extra)*
+        }
+
+        $(#[$cfg_meta])*
+        #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $cfg {
+            /// The provider.
+            pub provider: $kind,
+            /// Providers switched to, in order, when the current one fails.
+            pub fallbacks: Vec<$kind>,
+            $(
+                #[doc = concat!("`[", $cap, ".", $name, "]`.")]
+                pub $field: $ty,
+            )*
+        }
+
+        impl $cfg {
+            /// The section of provider `kind` (the registry).
+            pub fn section(&self, kind: $kind) -> Option<&dyn $section> {
+                match kind {
+                    $( $kind::$variant => Some(&self.$field), )*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+
+            /// Every provider's section.
+            pub fn sections_mut(&mut self) -> Vec<&mut dyn $section> {
+                vec![$( &mut self.$field ),*]
+            }
+        }
+
+        impl $kind {
+            /// The TOML name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $kind::$variant => $name, )*
+                    #[allow(unreachable_patterns)]
+                    _ => "none",
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    /// A speech-to-text provider.
+    kind SttKind;
+    /// `[stt]`: the provider (`gladia` by default), its fallbacks (pending audio replayed), and
+    /// each provider's options.
+    section SttProviderConfig: SttSection, "stt";
+    extra {}
+    /// Gladia live v2 (`[stt.gladia]`).
+    Gladia = "gladia" => gladia: GladiaConfig,
+    /// Gradium ASR (`[stt.gradium]`).
+    Gradium = "gradium" => gradium: GradiumSttConfig,
+}
+
+// The registry macro cannot mark the default variant.
+#[allow(clippy::derivable_impls)]
+impl Default for SttKind {
+    fn default() -> Self {
+        SttKind::Gladia
+    }
 }
 
 impl SttProviderConfig {
@@ -669,148 +794,12 @@ impl SttProviderConfig {
     }
 }
 
-/// Gladia's processing region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum GladiaRegion {
-    /// `eu-west` (default).
-    #[default]
-    #[serde(rename = "eu-west")]
-    EuWest,
-    /// `us-west` (refused under `[sovereignty] mode = "eu"`).
-    #[serde(rename = "us-west")]
-    UsWest,
-}
-
-impl GladiaRegion {
-    /// The query value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GladiaRegion::EuWest => "eu-west",
-            GladiaRegion::UsWest => "us-west",
-        }
-    }
-}
-
-/// `[stt.gladia]`: Gladia live v2.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GladiaConfig {
-    /// `eu-west` (default) or `us-west`.
-    pub region: GladiaRegion,
-    /// API root (default `https://api.gladia.io`).
-    pub base_url: Option<String>,
-    /// Environment variable of the key (default `GLADIA_API_KEY`).
-    pub api_key_env: String,
-    /// A key set by code (never read from TOML).
-    #[serde(skip)]
-    pub api_key: Option<ApiKey>,
-    /// `model` (Gladia's default: `solaria-1`).
-    pub model: Option<String>,
-    /// `language_config.languages` (empty: auto-detect).
-    pub languages: Vec<String>,
-    /// `language_config.code_switching`.
-    pub code_switching: Option<bool>,
-    /// `endpointing`: seconds of silence that close an utterance (Gladia default 0.05).
-    pub endpointing: Option<f64>,
-    /// `maximum_duration_without_endpointing` (seconds).
-    pub maximum_duration_without_endpointing: Option<f64>,
-    /// Custom vocabulary (`realtime_processing.custom_vocabulary_config.vocabulary`).
-    pub custom_vocabulary: Vec<String>,
-    /// Emit partial transcripts (`SttEvent::Partial`).
-    pub partial_transcripts: bool,
-    /// Any other init fields, deep-merged last into the init body (e.g.
-    /// `{ pre_processing = { audio_enhancer = true } }`).
-    pub settings: Map<String, Value>,
-    /// Silence sent at the end of a turn to force the final transcript (default: endpointing +
-    /// 300 ms).
-    pub finalize_silence_ms: Option<u64>,
-    /// After the end of a turn, how long to wait for a transcript before emitting `""`.
-    pub transcription_timeout_ms: u64,
-    /// Connect timeout (init request and WebSocket handshake).
-    pub connect_timeout_ms: u64,
-    /// Reconnections before giving up (`SttEvent::Failed`).
-    pub max_retries: u32,
-    /// First reconnection delay (doubles each retry).
-    pub retry_delay_ms: u64,
-    /// Longest reconnection delay.
-    pub max_retry_delay_ms: u64,
-    /// Keep-alive: an empty audio chunk after this long without audio (Gladia closes idle
-    /// sessions after ~30 s).
-    pub keepalive_ms: u64,
-    /// Open the provider session only when needed (STT: when the user starts speaking, audio
-    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
-    pub on_demand: bool,
-    /// With `on_demand`: close the session after this long without work.
-    pub idle_close_ms: u64,
-}
-
-impl Default for GladiaConfig {
-    fn default() -> Self {
-        Self {
-            region: GladiaRegion::EuWest,
-            base_url: None,
-            api_key_env: GLADIA_KEY_ENV.into(),
-            api_key: None,
-            model: None,
-            languages: Vec::new(),
-            code_switching: None,
-            endpointing: None,
-            maximum_duration_without_endpointing: None,
-            custom_vocabulary: Vec::new(),
-            partial_transcripts: false,
-            settings: Map::new(),
-            finalize_silence_ms: None,
-            transcription_timeout_ms: 4000,
-            connect_timeout_ms: 5000,
-            max_retries: 3,
-            retry_delay_ms: 1000,
-            max_retry_delay_ms: 8000,
-            keepalive_ms: 10_000,
-            on_demand: false,
-            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
-        }
-    }
-}
-
-impl GladiaConfig {
-    /// `POST` URL of the init request, region included.
-    pub fn init_url(&self) -> Result<Url, ConfigError> {
-        let base = parse_url(
-            "stt.gladia.base_url",
-            self.base_url.as_deref().unwrap_or(GLADIA_BASE_URL),
-        )?;
-        let mut u = crate::http::join(&base, "v2/live");
-        u.query_pairs_mut()
-            .append_pair("region", self.region.as_str());
-        Ok(u)
-    }
-
-    /// The retry policy.
-    pub fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_retries: self.max_retries,
-            base_delay: ms(self.retry_delay_ms),
-            max_delay: ms(self.max_retry_delay_ms.max(self.retry_delay_ms)),
-        }
-    }
-
-    /// When the session's link opens and closes.
-    pub fn link_policy(&self) -> LinkPolicy {
-        link_policy(self.retry(), self.on_demand, self.idle_close_ms, 0)
-    }
-
-    fn key(&self, label: &str) -> Result<ApiKey, ConfigError> {
-        resolve_key(&self.api_key, &self.api_key_env, label)
-    }
-}
-
 /// Default `idle_close_ms` of on-demand sessions.
 pub const DEFAULT_IDLE_CLOSE_MS: u64 = 20_000;
 /// Default `max_session_age_ms` of Gradium sockets: a margin below the 300 s cap.
 pub const DEFAULT_GRADIUM_MAX_AGE_MS: u64 = 240_000;
 
-fn link_policy(
+pub(crate) fn link_policy(
     retry: RetryPolicy,
     on_demand: bool,
     idle_close_ms: u64,
@@ -824,7 +813,11 @@ fn link_policy(
     base.with_max_age((max_age_ms > 0).then(|| ms(max_age_ms)))
 }
 
-fn resolve_key(key: &Option<ApiKey>, env: &str, label: &str) -> Result<ApiKey, ConfigError> {
+pub(crate) fn resolve_key(
+    key: &Option<ApiKey>,
+    env: &str,
+    label: &str,
+) -> Result<ApiKey, ConfigError> {
     if let Some(k) = key {
         return Ok(k.clone());
     }
@@ -834,184 +827,30 @@ fn resolve_key(key: &Option<ApiKey>, env: &str, label: &str) -> Result<ApiKey, C
     })
 }
 
-/// Gradium's region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GradiumRegion {
-    /// `eu.api.gradium.ai` (default).
-    #[default]
-    Eu,
-    /// `us.api.gradium.ai` (refused under `[sovereignty] mode = "eu"`).
-    Us,
-}
-
-fn gradium_url(
-    field: &str,
-    base_url: &Option<String>,
-    region: GradiumRegion,
-    path: &str,
-) -> Result<Url, ConfigError> {
-    let base = match base_url {
-        Some(b) => b.clone(),
-        None => match region {
-            GradiumRegion::Eu => GRADIUM_EU_BASE_URL.into(),
-            GradiumRegion::Us => GRADIUM_US_BASE_URL.into(),
-        },
-    };
-    let mut u = parse_url(field, &base)?;
-    let scheme = match u.scheme() {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        other => {
-            return Err(ConfigError::invalid(
-                field,
-                format!("unsupported scheme {other:?}"),
-            ));
-        }
-    };
-    if u.scheme() != scheme {
-        // http→ws and https→wss are always accepted by `set_scheme`... except between
-        // "special" schemes, which these all are.
-        let s = u.as_str().replacen(u.scheme(), scheme, 1);
-        u = parse_url(field, &s)?;
-    }
-    // Accept a base given with or without Gradium's `/api` prefix (the real API and the
-    // simulators document their base as `…/api`).
-    let path = if u.path().trim_end_matches('/').ends_with("/api") {
-        let p = path.trim_start_matches('/');
-        p.strip_prefix("api/").unwrap_or(p)
-    } else {
-        path
-    };
-    Ok(crate::http::join(&u, path))
-}
-
-/// `[stt.gradium]`: Gradium ASR.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GradiumSttConfig {
-    /// `eu` (default) or `us`.
-    pub region: GradiumRegion,
-    /// Host override (`wss://…`, `ws://…`, `http(s)://…`); the path `/api/speech/asr` is added
-    /// (`/speech/asr` when the base already ends in `/api`).
-    pub base_url: Option<String>,
-    /// Environment variable of the key (default `GRADIUM_API_KEY`).
-    pub api_key_env: String,
-    /// A key set by code (never read from TOML).
-    #[serde(skip)]
-    pub api_key: Option<ApiKey>,
-    /// `model_name` (default `default`).
-    pub model_name: String,
-    /// `json_config.language` (`en`, `fr`, `de`, `es`, `pt`).
-    pub language: Option<String>,
-    /// `json_config.delay_in_frames` (7–48, 80 ms each).
-    pub delay_in_frames: Option<u32>,
-    /// Other `json_config` keys, merged as given.
-    pub json_config: Map<String, Value>,
-    /// After the end of a turn, how long to wait for `flushed` before emitting what was heard.
-    pub transcription_timeout_ms: u64,
-    /// Connect timeout (handshake and `ready`).
-    pub connect_timeout_ms: u64,
-    /// Reconnections before giving up.
-    pub max_retries: u32,
-    /// First reconnection delay.
-    pub retry_delay_ms: u64,
-    /// Longest reconnection delay.
-    pub max_retry_delay_ms: u64,
-    /// Open the provider session only when needed (STT: when the user starts speaking, audio
-    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
-    pub on_demand: bool,
-    /// With `on_demand`: close the session after this long without work.
-    pub idle_close_ms: u64,
-    /// Replace the socket between turns/utterances once it is this old, before Gradium's 300 s
-    /// session cap ends it (0: never). A cap reached in the middle of work reconnects anyway.
-    pub max_session_age_ms: u64,
-}
-
-impl Default for GradiumSttConfig {
-    fn default() -> Self {
-        Self {
-            region: GradiumRegion::Eu,
-            base_url: None,
-            api_key_env: GRADIUM_KEY_ENV.into(),
-            api_key: None,
-            model_name: "default".into(),
-            language: Some("fr".into()),
-            delay_in_frames: None,
-            json_config: Map::new(),
-            transcription_timeout_ms: 4000,
-            connect_timeout_ms: 5000,
-            max_retries: 3,
-            retry_delay_ms: 1000,
-            max_retry_delay_ms: 8000,
-            on_demand: false,
-            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
-            max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
-        }
-    }
-}
-
-impl GradiumSttConfig {
-    /// The ASR WebSocket URL.
-    pub fn url(&self) -> Result<Url, ConfigError> {
-        gradium_url(
-            "stt.gradium.base_url",
-            &self.base_url,
-            self.region,
-            "api/speech/asr",
-        )
-    }
-
-    /// When the session's link opens, closes and is recycled.
-    pub fn link_policy(&self) -> LinkPolicy {
-        link_policy(
-            self.retry(),
-            self.on_demand,
-            self.idle_close_ms,
-            self.max_session_age_ms,
-        )
-    }
-
-    /// The retry policy.
-    pub fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_retries: self.max_retries,
-            base_delay: ms(self.retry_delay_ms),
-            max_delay: ms(self.max_retry_delay_ms.max(self.retry_delay_ms)),
-        }
-    }
-
-    fn key(&self, label: &str) -> Result<ApiKey, ConfigError> {
-        resolve_key(&self.api_key, &self.api_key_env, label)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // [tts]
 // ---------------------------------------------------------------------------------------------
 
-/// A text-to-speech provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TtsKind {
+registry! {
+    /// A text-to-speech provider.
+    kind TtsKind;
+    /// `[tts]`: the provider (`gradium` by default, `none` for text-only answers), its
+    /// fallbacks (unspoken text re-spoken), and each provider's options.
+    section TtsProviderConfig: TtsSection, "tts";
+    extra {
+        /// No TTS: answers are sent as text, followed by `SkipAnswer`.
+        #[serde(rename = "none")]
+        None,
+    }
     /// Gradium TTS (`[tts.gradium]`).
-    #[default]
-    Gradium,
-    /// No TTS: answers are sent as text, followed by `SkipAnswer`.
-    None,
+    Gradium = "gradium" => gradium: GradiumTtsConfig,
 }
 
-/// `[tts]`: the provider, its fallbacks, and each provider's options.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TtsProviderConfig {
-    /// `gradium` (default) or `none`.
-    pub provider: TtsKind,
-    /// Providers switched to, in order, when the current one fails (unspoken text re-spoken).
-    pub fallbacks: Vec<TtsKind>,
-    /// `[tts.gradium]`.
-    pub gradium: GradiumTtsConfig,
+#[allow(clippy::derivable_impls)]
+impl Default for TtsKind {
+    fn default() -> Self {
+        TtsKind::Gradium
+    }
 }
 
 impl TtsProviderConfig {
@@ -1021,141 +860,6 @@ impl TtsProviderConfig {
         out.extend(self.fallbacks.iter().copied());
         out.retain(|k| *k != TtsKind::None);
         out
-    }
-}
-
-/// `[tts.gradium]`: Gradium TTS.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GradiumTtsConfig {
-    /// `eu` (default) or `us`.
-    pub region: GradiumRegion,
-    /// Host override; the path `/api/speech/tts` is added (`/speech/tts` after a base ending in
-    /// `/api`).
-    pub base_url: Option<String>,
-    /// Environment variable of the key (default `GRADIUM_API_KEY`).
-    pub api_key_env: String,
-    /// A key set by code (never read from TOML).
-    #[serde(skip)]
-    pub api_key: Option<ApiKey>,
-    /// `voice_id`.
-    pub voice_id: String,
-    /// `model_name` (default `default`).
-    pub model_name: String,
-    /// `output_format`: `pcm_16000` (default; no resampling) or `pcm_8000` … `pcm_48000`
-    /// (resampled to 16 kHz).
-    pub output_format: String,
-    /// `json_config.padding_bonus` (speed, −4…4, negative is faster).
-    pub padding_bonus: Option<f64>,
-    /// `json_config.temp` (0…1.4).
-    pub temp: Option<f64>,
-    /// `json_config.cfg_coef` (voice similarity, 1…4).
-    pub cfg_coef: Option<f64>,
-    /// `json_config.rewrite_rules` (text normalization language, default `fr`).
-    pub rewrite_rules: Option<String>,
-    /// Other `json_config` keys.
-    pub json_config: Map<String, Value>,
-    /// `pronunciation_id`.
-    pub pronunciation_id: Option<String>,
-    /// Connect timeout (handshake).
-    pub connect_timeout_ms: u64,
-    /// Longest wait for audio once an utterance's text is complete, before the connection is
-    /// considered dead (reconnect, re-send the unspoken text).
-    pub audio_timeout_ms: u64,
-    /// Reconnections before giving up (`TtsEvent::Failed`).
-    pub max_retries: u32,
-    /// First reconnection delay.
-    pub retry_delay_ms: u64,
-    /// Longest reconnection delay.
-    pub max_retry_delay_ms: u64,
-    /// Open the provider session only when needed (STT: when the user starts speaking, audio
-    /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
-    pub on_demand: bool,
-    /// With `on_demand`: close the session after this long without work.
-    pub idle_close_ms: u64,
-    /// Replace the socket between turns/utterances once it is this old, before Gradium's 300 s
-    /// session cap ends it (0: never). A cap reached in the middle of work reconnects anyway.
-    pub max_session_age_ms: u64,
-}
-
-impl Default for GradiumTtsConfig {
-    fn default() -> Self {
-        Self {
-            region: GradiumRegion::Eu,
-            base_url: None,
-            api_key_env: GRADIUM_KEY_ENV.into(),
-            api_key: None,
-            voice_id: GRADIUM_DEFAULT_VOICE.into(),
-            model_name: "default".into(),
-            output_format: "pcm_16000".into(),
-            padding_bonus: None,
-            temp: None,
-            cfg_coef: None,
-            rewrite_rules: Some("fr".into()),
-            json_config: Map::new(),
-            pronunciation_id: None,
-            connect_timeout_ms: 5000,
-            audio_timeout_ms: 5000,
-            max_retries: 3,
-            retry_delay_ms: 500,
-            max_retry_delay_ms: 8000,
-            on_demand: false,
-            idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
-            max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
-        }
-    }
-}
-
-impl GradiumTtsConfig {
-    /// The TTS WebSocket URL.
-    pub fn url(&self) -> Result<Url, ConfigError> {
-        gradium_url(
-            "tts.gradium.base_url",
-            &self.base_url,
-            self.region,
-            "api/speech/tts",
-        )
-    }
-
-    /// When the session's link opens, closes and is recycled.
-    pub fn link_policy(&self) -> LinkPolicy {
-        link_policy(
-            self.retry(),
-            self.on_demand,
-            self.idle_close_ms,
-            self.max_session_age_ms,
-        )
-    }
-
-    /// The retry policy.
-    pub fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_retries: self.max_retries,
-            base_delay: ms(self.retry_delay_ms),
-            max_delay: ms(self.max_retry_delay_ms.max(self.retry_delay_ms)),
-        }
-    }
-
-    /// The output sample rate of `output_format` (`pcm_16000` → 16000; `pcm` → 48000).
-    pub fn output_rate(&self) -> Result<u32, ConfigError> {
-        match self.output_format.as_str() {
-            "pcm" => Ok(48_000),
-            f => f
-                .strip_prefix("pcm_")
-                .and_then(|r| r.parse().ok())
-                .filter(|r| [8000, 16_000, 22_050, 24_000, 44_100, 48_000].contains(r))
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        "tts.gradium.output_format",
-                        format!("{f:?}: use pcm_16000 (or pcm_8000 … pcm_48000)"),
-                    )
-                }),
-        }
-    }
-
-    fn key(&self, label: &str) -> Result<ApiKey, ConfigError> {
-        resolve_key(&self.api_key, &self.api_key_env, label)
     }
 }
 

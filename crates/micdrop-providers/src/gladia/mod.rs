@@ -20,9 +20,11 @@
 //! Retries are bounded (`max_retries`, backoff); then [`SttEvent::Failed`](micdrop_core::stt::SttEvent::Failed) carries the pending
 //! audio. An init refused with 4xx (bad key, bad settings) is not retried.
 
+mod config;
 mod messages;
 mod session;
 
+pub use config::{GladiaConfig, GladiaRegion};
 pub use messages::{ServerMessage, parse_message};
 
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::audio::{MICDROP_RATE, silence};
-use crate::config::{ConfigError, GladiaConfig, SovereigntyConfig, SovereigntyMode};
+use crate::config::{ConfigError, SovereigntyConfig, SovereigntyMode};
 use crate::link::LinkPolicy;
 use crate::secret::ApiKey;
 

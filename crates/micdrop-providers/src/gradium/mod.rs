@@ -8,10 +8,12 @@
 //! - [`GradiumStt`]: one socket per call; `flush` at the end of each turn, the transcript is
 //!   emitted on the matching `flushed`.
 
+mod config;
 mod messages;
 mod stt;
 mod tts;
 
+pub use config::{GradiumRegion, GradiumSttConfig, GradiumTtsConfig};
 pub use messages::{ServerMessage, VadPrediction, inactivity_at, parse_message};
 pub use stt::GradiumStt;
 pub use tts::GradiumTts;

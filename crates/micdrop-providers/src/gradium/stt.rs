@@ -17,9 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 use url::Url;
 
+use super::GradiumSttConfig;
 use super::messages::{ServerMessage, parse_message};
 use super::{error_kind, id_string, open};
-use crate::config::{ConfigError, GradiumSttConfig};
+use crate::config::ConfigError;
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
 use crate::ws::{self, WsStream, sleep_opt};

@@ -16,10 +16,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 use url::Url;
 
+use super::GradiumTtsConfig;
 use super::messages::{ServerMessage, parse_message};
 use super::{error_kind, open};
 use crate::audio::{MICDROP_RATE, PcmResampler};
-use crate::config::{ConfigError, GradiumTtsConfig};
+use crate::config::ConfigError;
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
 use crate::ws::{WsStream, sleep_opt};
