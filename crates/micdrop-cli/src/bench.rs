@@ -268,6 +268,10 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
             script.gladia.max_sessions = max_calls;
             script.gradium.max_sessions = max_calls;
             script.mistral.requests_per_minute = None;
+            // Every bench turn is one utterance: the simulated STT must not hold its final for
+            // a possible continuation of the turn (`turn_gap_ms`, ~300 ms of wall-clock wait
+            // that the real services do not add; see docs/BENCHMARKS.md).
+            script.turn_gap_ms = 0;
             Ok(InProcess::Providers(
                 micdrop_server::App::start(config, Some(script)).await?,
             ))
