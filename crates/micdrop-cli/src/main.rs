@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod call;
 mod live;
+mod models;
 mod serve;
 #[cfg(feature = "sim")]
 mod sim;
@@ -39,6 +40,8 @@ enum Command {
     Call(call::CallArgs),
     /// Load test: N simulated callers against a server (default: in-process, simulated providers).
     Bench(bench::BenchArgs),
+    /// Local models (Whisper, Piper voices, onnxruntime): list, pull (see docs/local.md).
+    Models(models::ModelsArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -65,5 +68,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args).await,
         Command::Call(args) => call::call(args).await,
         Command::Bench(args) => bench::bench(args).await,
+        Command::Models(args) => models::run(args).await,
     }
 }
