@@ -13,6 +13,7 @@
 //! - [`call`]: the call engine: one task owns each call (Micdrop's server rules).
 //! - [`params`]: the first-frame params with Micdrop's 3 s rule.
 //! - [`error`]: errors, close codes.
+//! - [`socket`]: socket adapters and typed socket errors; [`time`]: small timing helpers.
 //! - [`telemetry`]: the metrics' names and the helpers that record them.
 #![cfg_attr(
     feature = "axum",
@@ -45,6 +46,7 @@ pub mod protocol;
 pub mod socket;
 pub mod stt;
 pub mod telemetry;
+pub mod time;
 pub mod tts;
 pub mod turn;
 

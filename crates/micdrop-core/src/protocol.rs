@@ -235,6 +235,19 @@ impl PcmAligner {
         }
     }
 
+    /// Like [`push`](Self::push), without copying when no byte is held back: an even chunk is
+    /// returned as is, an odd one as a slice of itself (no allocation per frame).
+    pub fn push_bytes(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        if self.carry.is_some() {
+            return self.push(&chunk);
+        }
+        if chunk.len() % 2 == 1 {
+            self.carry = chunk.last().copied();
+            chunk.truncate(chunk.len() - 1);
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    }
+
     /// Forgets any held-back byte (at the end of an utterance).
     pub fn reset(&mut self) {
         self.carry = None;
@@ -323,6 +336,27 @@ mod tests {
         assert_eq!(a.push(&[4]).unwrap().as_ref(), &[3, 4]);
         assert_eq!(a.push(&[5]), None);
         assert_eq!(a.push(&[6, 7, 8]).unwrap().as_ref(), &[5, 6, 7, 8]);
+        let mut a = PcmAligner::default();
+        let even = Bytes::from_static(&[1, 2, 3, 4]);
+        let out = a.push_bytes(even.clone()).unwrap();
+        assert_eq!(out.as_ptr(), even.as_ptr(), "an even chunk is not copied");
+        assert_eq!(
+            a.push_bytes(Bytes::from_static(&[5, 6, 7]))
+                .unwrap()
+                .as_ref(),
+            &[5, 6]
+        );
+        assert_eq!(
+            a.push_bytes(Bytes::from_static(&[8])).unwrap().as_ref(),
+            &[7, 8]
+        );
+        assert_eq!(a.push_bytes(Bytes::from_static(&[9])), None);
+        assert_eq!(
+            a.push_bytes(Bytes::from_static(&[10, 11, 12]))
+                .unwrap()
+                .as_ref(),
+            &[9, 10, 11, 12]
+        );
     }
 
     proptest::proptest! {

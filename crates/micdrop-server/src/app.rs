@@ -133,7 +133,8 @@ impl App {
         let mut template = CallConfig::new(providers.stt.clone())
             .partial_messages(config.call.partial_messages)
             .generate_first_message(config.call.generate_first_message)
-            .idle_timeout(config.server.idle_timeout());
+            .idle_timeout(config.server.idle_timeout())
+            .audio_lead(config.call.audio_lead());
         if let Some(agent) = agent {
             template = template.agent(agent);
         }

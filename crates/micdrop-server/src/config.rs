@@ -18,6 +18,7 @@
 //! auto_semantic_turn = false
 //! auto_ignore_user_noise = false
 //! max_steps = 5
+//! audio_lead_ms = 500            # assistant audio paced at real time + this lead; 0: unpaced
 //!
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
@@ -180,6 +181,16 @@ pub struct CallSection {
     pub max_steps: usize,
     /// Without an agent: dictation (every transcript answered with `SkipAnswer`).
     pub dictation: bool,
+    /// Assistant audio is sent at real time plus this lead (ms); 0 sends it as fast as the TTS
+    /// produces it.
+    pub audio_lead_ms: u64,
+}
+
+impl CallSection {
+    /// The pacing lead of assistant audio (`None`: unpaced).
+    pub fn audio_lead(&self) -> Option<Duration> {
+        (self.audio_lead_ms > 0).then(|| Duration::from_millis(self.audio_lead_ms))
+    }
 }
 
 impl Default for CallSection {
@@ -194,6 +205,7 @@ impl Default for CallSection {
             auto_ignore_user_noise: ToolToggle::default(),
             max_steps: micdrop_core::agent::DEFAULT_MAX_STEPS,
             dictation: false,
+            audio_lead_ms: micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64,
         }
     }
 }

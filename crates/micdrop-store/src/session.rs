@@ -584,7 +584,8 @@ async fn observe(
                     r.assistant(&pcm);
                 }
             }
-            CallEvent::EndCall => {}
+            // Latencies: persisted by the store helper (see TurnRecord); ignored here for now.
+            CallEvent::EndCall | CallEvent::TurnLatencies(_) => {}
         }
     }
     if let Some(r) = recorder {

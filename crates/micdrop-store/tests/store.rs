@@ -477,6 +477,8 @@ async fn retention_erases_old_conversations_only(backend: &str) {
 
 fn end() -> CallEnd {
     CallEnd {
+        call_id: "test".into(),
+        close: None,
         conversation: Vec::new(),
         duration_secs: 1,
         reason: EndReason::ClientClosed,

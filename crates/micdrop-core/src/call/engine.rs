@@ -1,0 +1,811 @@
+//! The call task: the `select!` loop and Micdrop's server rules (reference §C, numbered where
+//! they are enforced), over the owning values of this module's siblings.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, warn};
+
+use super::answer::Answer;
+use super::latency::LatencyProbe;
+use super::outbox::Outbox;
+use super::user_turn::{AudioVerdict, Prediction, UserTurn};
+use super::{
+    CallClose, CallConfig, CallEnd, CallEvent, Control, EndReason, PROVIDER_CLOSE_GRACE,
+    TurnLatencies,
+};
+use crate::agent::AgentEvent;
+use crate::conversation::{Conversation, ConversationItem, Role};
+use crate::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientCommand, ClientFrame, ServerFrame, WsMessage,
+    decode_client_frame,
+};
+use crate::socket::{SocketError, SocketSink, SocketStream};
+use crate::stt::{STT_COMMAND_CAPACITY, SttCommand, SttEvent, SttSessionIo};
+use crate::time::sleep_until;
+use crate::tts::{
+    TTS_COMMAND_CAPACITY, TTS_EVENT_CAPACITY, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId,
+};
+
+/// A turn detector's verdict: (user turn number, complete).
+type Verdict = (u64, bool);
+
+/// Capacity of an STT session's event channel.
+const STT_EVENT_CAPACITY: usize = 64;
+
+/// What woke the call task up.
+enum Wake {
+    Shutdown,
+    Client(Option<Result<WsMessage, SocketError>>),
+    Control(Control),
+    Agent(Option<AgentEvent>),
+    Tts(TtsEvent),
+    Stt(SttEvent),
+    Written(Result<(), SocketError>),
+    Paced,
+    Prediction(u64, bool),
+    HeldTurnExpired,
+    TranscriptTimeout,
+    Idle,
+}
+
+/// A job of the serial answer/speak queue.
+#[derive(Debug)]
+enum Job {
+    Answer,
+    Speak(String),
+}
+
+/// The sending and receiving ends of a provider session.
+struct Session<C, E> {
+    commands: mpsc::Sender<C>,
+    events: mpsc::Receiver<E>,
+}
+
+/// One call's state (see the module docs of [`super`]).
+pub(super) struct CallTask {
+    config: CallConfig,
+    id: String,
+    started: Instant,
+    conversation: Conversation,
+    /// Id of the last item that an answer was started for (Micdrop's `lastMessageSpeeched`).
+    last_answered: Option<u64>,
+    user: UserTurn,
+    queue: VecDeque<Job>,
+    answer: Option<Answer>,
+    /// The latencies of the last user turn, until they are reported.
+    probe: Option<Box<LatencyProbe>>,
+    /// Created only when a turn detector is configured (channels cost memory per call).
+    predictions: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
+    next_utterance: UtteranceId,
+    outbox: Outbox,
+    control: mpsc::Receiver<Control>,
+    stt: Option<Session<SttCommand, SttEvent>>,
+    tts: Option<Session<TtsCommand, TtsEvent>>,
+    providers: Vec<JoinHandle<()>>,
+}
+
+impl CallTask {
+    pub(super) fn new(
+        config: CallConfig,
+        id: String,
+        sink: SocketSink,
+        control: mpsc::Receiver<Control>,
+    ) -> Self {
+        let mut conversation = match &config.agent {
+            Some(agent) => Conversation::with_system(agent.system_prompt()),
+            None => Conversation::new(),
+        };
+        for item in &config.history {
+            conversation.push(item.clone());
+        }
+        let predictions = config.turn_detector.is_some().then(|| mpsc::channel(4));
+        let outbox = Outbox::new(sink, config.audio_lead);
+        Self {
+            config,
+            id,
+            started: Instant::now(),
+            conversation,
+            last_answered: None,
+            user: UserTurn::default(),
+            queue: VecDeque::new(),
+            answer: None,
+            probe: None,
+            predictions,
+            next_utterance: 1,
+            outbox,
+            control,
+            stt: None,
+            tts: None,
+            providers: Vec::new(),
+        }
+    }
+
+    fn start_providers(&mut self) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(STT_COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = mpsc::channel(STT_EVENT_CAPACITY);
+        let fut = self.config.stt.run(SttSessionIo {
+            commands: cmd_rx,
+            events: ev_tx,
+        });
+        self.providers
+            .push(tokio::spawn(fut.instrument(tracing::Span::current())));
+        self.stt = Some(Session {
+            commands: cmd_tx,
+            events: ev_rx,
+        });
+        if let Some(tts) = &self.config.tts {
+            let (cmd_tx, cmd_rx) = mpsc::channel(TTS_COMMAND_CAPACITY);
+            let (ev_tx, ev_rx) = mpsc::channel(TTS_EVENT_CAPACITY);
+            let fut = tts.run(TtsSessionIo {
+                commands: cmd_rx,
+                events: ev_tx,
+            });
+            self.providers
+                .push(tokio::spawn(fut.instrument(tracing::Span::current())));
+            self.tts = Some(Session {
+                commands: cmd_tx,
+                events: ev_rx,
+            });
+        }
+    }
+
+    pub(super) async fn run(mut self, mut stream: SocketStream) -> CallEnd {
+        info!(
+            stt = self.config.stt.name(),
+            tts = self.config.tts.as_ref().map(|t| t.name()),
+            agent = self.config.agent.as_ref().map(|a| a.model_name()),
+            "call started"
+        );
+        self.start_providers();
+        self.first_message();
+
+        let idle = tokio::time::sleep(self.config.idle_timeout);
+        tokio::pin!(idle);
+        let shutdown = self.config.shutdown.clone();
+        let mut client_close = None;
+        let (reason, close): (EndReason, Option<(u16, String)>) = loop {
+            let now = tokio::time::Instant::now();
+            let write_due = self.outbox.is_due(now);
+            let pace = self.outbox.pace_deadline(now);
+            let read_tts = self.outbox.wants_audio();
+            let transcript_deadline = self.user.transcript_deadline;
+            let held_deadline = self.user.held_deadline;
+            let wake = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Wake::Shutdown,
+                // Client frames first: an interruption is handled before any queued audio.
+                msg = stream.next() => Wake::Client(msg),
+                Some(control) = self.control.recv() => Wake::Control(control),
+                ev = recv_answer(&mut self.answer) => Wake::Agent(ev),
+                Some(ev) = recv_opt(self.tts.as_mut().map(|s| &mut s.events)), if read_tts => {
+                    Wake::Tts(ev)
+                }
+                Some(ev) = recv_opt(self.stt.as_mut().map(|s| &mut s.events)) => Wake::Stt(ev),
+                r = self.outbox.write(), if write_due => Wake::Written(r),
+                _ = sleep_until(pace) => Wake::Paced,
+                Some((seq, complete)) = recv_opt(self.predictions.as_mut().map(|p| &mut p.1)) => {
+                    Wake::Prediction(seq, complete)
+                }
+                _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
+                _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
+                _ = &mut idle => Wake::Idle,
+            };
+            match wake {
+                Wake::Shutdown => {
+                    break (
+                        EndReason::Shutdown,
+                        Some((CLOSE_GOING_AWAY, "Server shutting down".into())),
+                    );
+                }
+                Wake::Client(msg) => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.idle_timeout);
+                    match msg {
+                        None => break (EndReason::ClientClosed, None),
+                        Some(Err(e)) => {
+                            // The error's type picks the close code (1002, 1007, 1009, 1011);
+                            // a lost connection gets none.
+                            if e.is_disconnect() {
+                                info!(error = %e, "connection lost");
+                            } else {
+                                warn!(error = %e, "socket error");
+                            }
+                            let close = e.close_code().map(|c| (c, e.close_reason().to_owned()));
+                            break (EndReason::SocketError(e), close);
+                        }
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            client_close = frame;
+                            break (EndReason::ClientClosed, None);
+                        }
+                        Some(Ok(msg)) => match decode_client_frame(msg) {
+                            ClientFrame::Close => break (EndReason::ClientClosed, None),
+                            ClientFrame::Ignored => {}
+                            ClientFrame::Command(c) => self.on_command(c),
+                            ClientFrame::Audio(pcm) => self.on_audio(pcm),
+                        },
+                    }
+                }
+                Wake::Control(Control::HangUp(code, reason)) => {
+                    break (EndReason::HungUp, Some((code, reason)));
+                }
+                Wake::Control(control) => self.on_control(control),
+                Wake::Agent(ev) => self.on_agent_event(ev),
+                Wake::Tts(ev) => self.on_tts_event(ev),
+                Wake::Stt(ev) => self.on_stt_event(ev),
+                Wake::Written(Ok(())) => self.on_written(),
+                Wake::Written(Err(e)) => {
+                    info!(error = %e, "socket write failed");
+                    break (EndReason::SocketError(e), None);
+                }
+                Wake::Paced => {}
+                Wake::Prediction(seq, complete) => self.on_prediction(seq, complete),
+                Wake::HeldTurnExpired => {
+                    // Rule 6: the held turn is answered anyway.
+                    self.user.held_deadline = None;
+                    debug!("held turn expired: answering");
+                    self.cancel();
+                    self.enqueue(Job::Answer);
+                }
+                Wake::TranscriptTimeout => {
+                    self.user.transcript_deadline = None;
+                    warn!("no transcript from the STT in time: skipping the answer");
+                    self.send(ServerFrame::SkipAnswer);
+                }
+                Wake::Idle => {
+                    break (EndReason::Idle, Some((CLOSE_NORMAL, "Idle timeout".into())));
+                }
+            }
+        };
+        self.report_latencies(None);
+        self.finish(reason, close, client_close).await
+    }
+
+    /// Releases the answer and the providers, writes what is queued, closes the socket.
+    async fn finish(
+        self,
+        reason: EndReason,
+        close: Option<(u16, String)>,
+        client_close: Option<(u16, String)>,
+    ) -> CallEnd {
+        let CallTask {
+            id,
+            started,
+            conversation,
+            answer,
+            outbox,
+            stt,
+            tts,
+            providers,
+            ..
+        } = self;
+        drop(answer);
+        // Closing the command channels ends the provider sessions: give them a moment to close
+        // their provider connections cleanly (end the STT session, close the sockets), then
+        // abort whatever still runs.
+        drop((stt, tts));
+        let release = async move {
+            let aborts: Vec<_> = providers.iter().map(|p| p.abort_handle()).collect();
+            if tokio::time::timeout(PROVIDER_CLOSE_GRACE, futures::future::join_all(providers))
+                .await
+                .is_err()
+            {
+                for a in aborts {
+                    a.abort();
+                }
+            }
+        };
+        let call_close = match (&close, client_close) {
+            (Some((code, reason)), _) => Some(CallClose {
+                code: *code,
+                reason: reason.clone(),
+                by_server: true,
+            }),
+            (None, Some((code, reason))) => Some(CallClose {
+                code,
+                reason,
+                by_server: false,
+            }),
+            (None, None) => None,
+        };
+        tokio::join!(outbox.finish(close), release);
+        let conversation = conversation.to_vec();
+        let duration_secs = started.elapsed().as_secs_f64().round() as u64;
+        info!(
+            ?reason,
+            close_code = call_close.as_ref().map(|c| c.code),
+            duration_secs,
+            items = conversation.len(),
+            "call ended"
+        );
+        CallEnd {
+            call_id: id,
+            close: call_close,
+            conversation,
+            duration_secs,
+            reason,
+        }
+    }
+
+    // ----- output -----
+
+    fn send(&mut self, frame: ServerFrame) {
+        debug!(frame = ?DebugFrame(&frame), "send");
+        self.outbox.push_frame(frame.encode());
+    }
+
+    fn emit(&mut self, ev: CallEvent) {
+        if let Some(obs) = &self.config.observer {
+            if let Err(mpsc::error::TrySendError::Full(_)) = obs.try_send(ev) {
+                warn!("call observer is full: event dropped");
+            }
+        }
+    }
+
+    /// After a write: the first frame of the probed answer gives its latencies.
+    fn on_written(&mut self) {
+        if let Some((u, at)) = self.outbox.take_first_written() {
+            if self.probe.as_ref().is_some_and(|p| p.utterance == Some(u)) {
+                self.report_latencies(Some(at));
+            }
+        }
+    }
+
+    /// Reports the probed turn's latencies (once), logged at info without user content.
+    fn report_latencies(&mut self, first_audio: Option<tokio::time::Instant>) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        let l: TurnLatencies = probe.finish(first_audio);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        info!(
+            stt_ms = ms(l.stt),
+            llm_first_token_ms = ms(l.llm_first_token),
+            tts_first_audio_ms = ms(l.tts_first_audio),
+            voice_to_voice_ms = ms(l.voice_to_voice),
+            "turn latencies"
+        );
+        self.emit(CallEvent::TurnLatencies(l));
+    }
+
+    // ----- conversation -----
+
+    fn add_item(&mut self, item: ConversationItem) -> u64 {
+        let id = self.conversation.push(item.clone());
+        self.send(ServerFrame::Message(item.clone()));
+        self.emit(CallEvent::Message(item));
+        id
+    }
+
+    fn add_message(&mut self, role: Role, text: &str) -> Option<u64> {
+        // Blank messages are ignored (Micdrop, Aug 2026).
+        if text.trim().is_empty() {
+            return None;
+        }
+        let item = match role {
+            Role::User => ConversationItem::user(text),
+            _ => match &self.config.agent {
+                Some(agent) => agent.assistant_item(text)?,
+                None => ConversationItem::assistant(text),
+            },
+        };
+        Some(self.add_item(item))
+    }
+
+    // ----- rules -----
+
+    fn first_message(&mut self) {
+        if let Some(text) = self.config.first_message.clone() {
+            self.speak_text(text);
+        } else if self.config.generate_first_message && self.config.agent.is_some() {
+            self.enqueue(Job::Answer);
+        } else {
+            self.send(ServerFrame::SkipAnswer);
+        }
+    }
+
+    /// Rule 1: `cancel()`: the current answer, queued jobs, TTS, stale audio. Tool calls of the
+    /// cancelled answer that have no result get one that says so (the model requires a result
+    /// for every call).
+    fn cancel(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let (settled, dangling) = answer.cancel();
+            for item in settled {
+                self.add_item(item);
+            }
+            for (id, name) in dangling {
+                self.add_item(cancelled_tool_result(id, name));
+            }
+        }
+        self.queue.clear();
+        self.outbox.cancel_below(self.next_utterance);
+        if let Some(tts) = &self.tts {
+            if tts.commands.try_send(TtsCommand::Cancel).is_err() {
+                warn!("TTS session not accepting commands");
+            }
+        }
+    }
+
+    fn stt(&mut self, cmd: SttCommand) {
+        if let Some(stt) = &self.stt {
+            if let Err(e) = stt.commands.try_send(cmd) {
+                warn!(error = %e, "STT session not accepting commands");
+            }
+        }
+    }
+
+    fn tts(&mut self, cmd: TtsCommand) {
+        if let Some(tts) = &self.tts {
+            if let Err(e) = tts.commands.try_send(cmd) {
+                warn!(error = %e, "TTS session not accepting commands");
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: ClientCommand) {
+        debug!(?cmd, "client command");
+        match cmd {
+            // Rule 2: a new user turn replaces the last one.
+            ClientCommand::StartSpeaking => {
+                self.report_latencies(None);
+                self.user = UserTurn::next(&self.user);
+                self.stt(SttCommand::StartTurn);
+                self.cancel();
+            }
+            // Rule 4.
+            ClientCommand::StopSpeaking => {
+                let was_open = self.user.stop();
+                if was_open {
+                    self.stt(SttCommand::EndTurn);
+                }
+                if let Some(opened) = self.user.opened_at.filter(|_| was_open) {
+                    debug!(
+                        chunks = self.user.chunks,
+                        audio_bytes = self.user.audio_bytes,
+                        turn_ms = opened.elapsed().as_millis() as u64,
+                        "user turn closed"
+                    );
+                }
+                if !was_open || self.user.chunks == 0 {
+                    self.send(ServerFrame::SkipAnswer);
+                    return;
+                }
+                let transcribed = self.last_is_unanswered_user();
+                self.report_latencies(None);
+                self.probe = Some(Box::new(LatencyProbe::new(transcribed)));
+                self.start_prediction();
+                if transcribed {
+                    self.answer_turn();
+                } else {
+                    self.user.transcript_deadline =
+                        Some(tokio::time::Instant::now() + self.config.transcript_timeout);
+                }
+            }
+            // Rule 11.
+            ClientCommand::Mute => {
+                self.report_latencies(None);
+                if self.user.mute() {
+                    self.stt(SttCommand::DiscardTurn);
+                }
+                self.cancel();
+            }
+        }
+    }
+
+    // Rule 3.
+    fn on_audio(&mut self, pcm: Bytes) {
+        let keep = self.config.turn_detector.is_some();
+        match self.user.accept_audio(&pcm, keep) {
+            AudioVerdict::Ignored => {}
+            AudioVerdict::Accepted => {
+                if self.config.observer.is_some() {
+                    self.emit(CallEvent::UserAudio(pcm.clone()));
+                }
+                self.stt(SttCommand::Audio(pcm));
+            }
+        }
+    }
+
+    fn last_is_unanswered_user(&self) -> bool {
+        matches!(self.conversation.last(), Some((id, item))
+            if item.role() == Role::User && Some(id) != self.last_answered)
+    }
+
+    // Rule 5.
+    fn on_stt_event(&mut self, ev: SttEvent) {
+        match ev {
+            SttEvent::Partial(text) => debug!(%text, "partial transcript"),
+            SttEvent::Transcript(text) => {
+                self.user.transcript_deadline = None;
+                debug!(%text, "transcript");
+                if text.trim().is_empty() {
+                    self.send(ServerFrame::SkipAnswer);
+                    return;
+                }
+                self.add_message(Role::User, &text);
+                if !self.user.open {
+                    if let Some(p) = self.probe.as_mut() {
+                        p.transcript();
+                    }
+                    self.answer_turn();
+                }
+            }
+            SttEvent::Failed { error, pending } => {
+                warn!(%error, pending_chunks = pending.len(), "STT failed");
+                if self.user.transcript_deadline.take().is_some() {
+                    self.send(ServerFrame::SkipAnswer);
+                }
+            }
+        }
+    }
+
+    /// Starts the turn detector on the turn's audio (rule 4); without one the turn is complete.
+    fn start_prediction(&mut self) {
+        let Some(detector) = self.config.turn_detector.clone() else {
+            self.user.prediction = Prediction::Complete;
+            return;
+        };
+        self.user.prediction = Prediction::Pending;
+        let samples = std::mem::take(&mut self.user.samples);
+        let seq = self.user.seq;
+        let Some(tx) = self.predictions.as_ref().map(|p| p.0.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let complete = detector.predict(samples).await;
+            let _ = tx.send((seq, complete)).await;
+        });
+    }
+
+    fn on_prediction(&mut self, seq: u64, complete: bool) {
+        if seq != self.user.seq || self.user.prediction != Prediction::Pending {
+            return;
+        }
+        debug!(complete, "turn prediction");
+        self.user.prediction = if complete {
+            Prediction::Complete
+        } else {
+            Prediction::Incomplete
+        };
+        if std::mem::take(&mut self.user.answer_waits_prediction) {
+            self.answer_turn();
+        }
+    }
+
+    // Rule 6.
+    fn answer_turn(&mut self) {
+        match self.user.prediction {
+            Prediction::Pending => {
+                self.user.answer_waits_prediction = true;
+                return;
+            }
+            Prediction::Incomplete => {
+                // Hold the turn: the user probably continues.
+                self.send(ServerFrame::SkipAnswer);
+                if self.user.held_deadline.is_none() {
+                    self.user.held_deadline =
+                        Some(tokio::time::Instant::now() + self.config.turn_max_wait);
+                }
+                return;
+            }
+            Prediction::Complete => self.user.held_deadline = None,
+        }
+        self.cancel();
+        self.enqueue(Job::Answer);
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        self.queue.push_back(job);
+        self.run_queue();
+    }
+
+    /// Starts queued jobs while no answer is in progress (speak jobs complete at once).
+    fn run_queue(&mut self) {
+        while self.answer.is_none() {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            match job {
+                Job::Speak(text) => self.speak_now(text),
+                Job::Answer => self.start_answer(),
+            }
+        }
+    }
+
+    // Rule 7.
+    fn start_answer(&mut self) {
+        let last = self.conversation.last().map(|(id, _)| id);
+        let Some(agent) = self.config.agent.clone() else {
+            // Dictation: the `SkipAnswer` is the answer. Unlike Micdrop (which never marks the
+            // message answered and so sends a second, early `SkipAnswer` at the next
+            // `StopSpeaking`), the message counts as answered.
+            self.last_answered = last;
+            self.send(ServerFrame::SkipAnswer);
+            self.report_latencies(None);
+            return;
+        };
+        if last.is_some() && last == self.last_answered {
+            debug!("already answered");
+            return;
+        }
+        self.last_answered = last;
+        if let Some(p) = self.probe.as_mut() {
+            p.answer_started();
+        }
+        self.answer = Some(Answer::start(agent, self.conversation.to_vec()));
+    }
+
+    fn open_utterance(&mut self) -> UtteranceId {
+        let u = self.next_utterance;
+        self.next_utterance += 1;
+        self.tts(TtsCommand::Speak(u));
+        u
+    }
+
+    // Rule 8 for a fixed text: record it, then speak it (or `SkipAnswer` without TTS).
+    fn speak_text(&mut self, text: String) {
+        self.enqueue(Job::Speak(text));
+    }
+
+    fn speak_now(&mut self, text: String) {
+        if self.add_message(Role::Assistant, &text).is_none() {
+            return;
+        }
+        let spoken = self
+            .config
+            .agent
+            .as_ref()
+            .map_or(text.clone(), |a| a.split_extract(&text).0);
+        if self.tts.is_some() {
+            let u = self.open_utterance();
+            self.tts(TtsCommand::Text(u, spoken));
+            self.tts(TtsCommand::EndText(u));
+        } else {
+            self.send(ServerFrame::SkipAnswer);
+        }
+    }
+
+    fn on_agent_event(&mut self, ev: Option<AgentEvent>) {
+        let Some(ev) = ev else {
+            // The answer is complete.
+            if let Some(answer) = self.answer.take() {
+                match answer.utterance {
+                    Some(u) => self.tts(TtsCommand::EndText(u)),
+                    None => {
+                        self.send(ServerFrame::SkipAnswer);
+                        self.report_latencies(None);
+                    }
+                }
+            }
+            self.run_queue();
+            return;
+        };
+        match ev {
+            AgentEvent::Text(delta) => {
+                let Some(answer) = self.answer.as_mut() else {
+                    return;
+                };
+                answer.text.push_str(&delta);
+                let cumulative = self.config.partial_messages.then(|| answer.text.clone());
+                // The first text of an answer opens its utterance (never for an empty answer).
+                let utterance = match answer.utterance {
+                    Some(u) => Some(u),
+                    None => {
+                        let opened = self.tts.is_some().then(|| self.open_utterance());
+                        if let Some(a) = self.answer.as_mut() {
+                            a.utterance = opened;
+                        }
+                        if let Some(p) = self.probe.as_mut() {
+                            p.first_token(opened);
+                        }
+                        opened
+                    }
+                };
+                if let Some(text) = cumulative {
+                    self.send(ServerFrame::PartialAssistantMessage(text));
+                }
+                if let Some(u) = utterance {
+                    self.tts(TtsCommand::Text(u, delta));
+                }
+            }
+            AgentEvent::Message(item) => {
+                if let Some(a) = self.answer.as_mut() {
+                    a.note_item(&item);
+                }
+                self.add_item(item);
+            }
+            AgentEvent::CancelLastUserMessage => {
+                if self.conversation.remove_last_user() {
+                    self.send(ServerFrame::CancelLastUserMessage);
+                    self.emit(CallEvent::CancelLastUserMessage);
+                }
+            }
+            AgentEvent::EndCall => {
+                self.send(ServerFrame::EndCall);
+                self.emit(CallEvent::EndCall);
+            }
+            AgentEvent::ToolCall(call) => self.send(ServerFrame::ToolCall(call)),
+            AgentEvent::Failed(error) => warn!(%error, "agent failed"),
+        }
+    }
+
+    fn on_tts_event(&mut self, ev: TtsEvent) {
+        match ev {
+            TtsEvent::Audio(u, pcm) => {
+                if let Some(p) = self.probe.as_mut() {
+                    p.tts_audio(u);
+                }
+                let observe = self.config.observer.is_some();
+                if let Some(chunk) = self.outbox.push_audio(u, pcm, observe) {
+                    self.emit(CallEvent::AssistantAudio(chunk));
+                }
+            }
+            TtsEvent::Done(u) => debug!(utterance = u, "utterance spoken"),
+            TtsEvent::Failed {
+                utterance,
+                error,
+                unspoken,
+            } => {
+                warn!(%error, utterance, unspoken = unspoken.len(), "TTS failed");
+                // Without any audio the client would wait forever: release it.
+                if utterance >= self.outbox.watermark() && !self.outbox.has_audio(utterance) {
+                    self.send(ServerFrame::SkipAnswer);
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Speak(text) => self.speak_text(text),
+            Control::AddUserMessage(text) => {
+                self.add_message(Role::User, &text);
+            }
+            Control::AddAssistantMessage(text) => {
+                self.add_message(Role::Assistant, &text);
+            }
+            Control::Answer => self.answer_turn(),
+            Control::Cancel => self.cancel(),
+            Control::HangUp(..) => {}
+        }
+    }
+}
+
+/// The result given to a tool call whose answer was interrupted before the tool returned.
+fn cancelled_tool_result(tool_call_id: String, tool_name: String) -> ConversationItem {
+    ConversationItem::ToolResult {
+        tool_call_id,
+        tool_name,
+        output: r#"{"error":"cancelled: the user interrupted the answer"}"#.into(),
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_answer(answer: &mut Option<Answer>) -> Option<AgentEvent> {
+    match answer {
+        Some(a) => a.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs frames without user content at info level: the content only shows at debug.
+struct DebugFrame<'a>(&'a ServerFrame);
+
+impl std::fmt::Debug for DebugFrame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            ServerFrame::Audio(b) => write!(f, "Audio({} bytes)", b.len()),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
