@@ -94,10 +94,16 @@ fn a_missing_whisper_model_is_a_clear_error_at_build() {
         &LOCAL.replace("model = \"tiny.en\"", "model = \"/nonexistent/ggml.bin\""),
     )
     .unwrap();
-    let e = c.build().err().expect("no model file").to_string();
+    let Err(e) = c.build() else {
+        panic!("no model file")
+    };
+    let e = e.to_string();
     assert!(e.contains("/nonexistent/ggml.bin"), "{e}");
     let c = ProvidersConfig::from_toml(&LOCAL.replace("voice = \"en-us\"", "voice = \"xx-nope\""))
         .unwrap();
-    let e = c.build().err().expect("no such voice").to_string();
+    let Err(e) = c.build() else {
+        panic!("no such voice")
+    };
+    let e = e.to_string();
     assert!(e.contains("xx-nope"), "{e}");
 }
