@@ -16,7 +16,7 @@
 //! [tts]
 //! provider = "gradium"            # or "none" (text-only answers)
 //! [tts.gradium]
-//! voice_id = "YTpq7expH9539ERJ"
+//! voice_id = "b35yykvVppLXyw_l"     # Elise (French)
 //!
 //! [sovereignty]
 //! mode = "eu"                     # or "off"
@@ -58,9 +58,11 @@ pub const GLADIA_BASE_URL: &str = "https://api.gladia.io";
 pub const GRADIUM_EU_BASE_URL: &str = "wss://eu.api.gradium.ai";
 /// Gradium's US host.
 pub const GRADIUM_US_BASE_URL: &str = "wss://us.api.gradium.ai";
-/// Default Gradium voice: the voice of Gradium's documentation examples. Set `voice_id` to the
-/// French voice of your choice from Gradium's voice library.
-pub const GRADIUM_DEFAULT_VOICE: &str = "YTpq7expH9539ERJ";
+/// Default Gradium voice: Elise (`b35yykvVppLXyw_l`), a warm French (fr-FR) female voice of
+/// Gradium's flagship catalogue, matching the French text rules (`rewrite_rules = "fr"`). Leo
+/// (`axlOaUiFyOZhy4nv`) is its male counterpart; `YTpq7expH9539ERJ` (Emma, used in Gradium's
+/// examples) is US English.
+pub const GRADIUM_DEFAULT_VOICE: &str = "b35yykvVppLXyw_l";
 
 /// The hosts accepted by `[sovereignty] mode = "eu"` (besides loopback and `allowed_hosts`):
 /// Mistral's EU production server, Gladia (with `region = "eu-west"`), Gradium's EU host.
