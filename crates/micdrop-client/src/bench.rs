@@ -154,6 +154,11 @@ pub struct ServerUsage {
     pub rss_at_peak_calls_mb: f64,
     /// (RSS at peak calls − RSS at rest) / peak calls, in KB.
     pub kb_per_call: f64,
+    /// Server CPU time of the load phase / user turns answered, in ms (0 without turns). With
+    /// the engine stack this is the server's own cost of a turn (the timed providers are
+    /// nearly free); turns finished in the grace period after the load phase are counted, so
+    /// use a load phase long against a turn.
+    pub cpu_ms_per_turn: f64,
 }
 
 /// The bench report.
@@ -445,6 +450,11 @@ pub async fn run(options: BenchOptions) -> BenchReport {
                 } else {
                     0.0
                 },
+                cpu_ms_per_turn: if agg.turns_completed > 0 {
+                    secs * 1000.0 / agg.turns_completed as f64
+                } else {
+                    0.0
+                },
             })
         }
         _ => None,
@@ -596,9 +606,10 @@ impl std::fmt::Display for BenchReport {
         if let Some(s) = &r.server {
             writeln!(
                 f,
-                "server ({}): CPU {:.0}% of a core, RSS at rest {:.1} MB, peak {:.1} MB, {:.1} MB at peak calls ({:.1} KB/call)",
+                "server ({}): CPU {:.0}% of a core ({:.2} ms per turn), RSS at rest {:.1} MB, peak {:.1} MB, {:.1} MB at peak calls ({:.1} KB/call)",
                 s.measured,
                 s.cpu_percent,
+                s.cpu_ms_per_turn,
                 s.rss_at_rest_mb,
                 s.peak_rss_mb,
                 s.rss_at_peak_calls_mb,

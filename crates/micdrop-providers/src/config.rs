@@ -16,7 +16,7 @@
 //! [tts]
 //! provider = "gradium"            # or "none" (text-only answers)
 //! [tts.gradium]
-//! voice_id = "YTpq7expH9539ERJ"
+//! voice_id = "b35yykvVppLXyw_l"     # Elise (French)
 //!
 //! [sovereignty]
 //! mode = "eu"                     # or "off"
@@ -58,9 +58,11 @@ pub const GLADIA_BASE_URL: &str = "https://api.gladia.io";
 pub const GRADIUM_EU_BASE_URL: &str = "wss://eu.api.gradium.ai";
 /// Gradium's US host.
 pub const GRADIUM_US_BASE_URL: &str = "wss://us.api.gradium.ai";
-/// Default Gradium voice: the voice of Gradium's documentation examples. Set `voice_id` to the
-/// French voice of your choice from Gradium's voice library.
-pub const GRADIUM_DEFAULT_VOICE: &str = "YTpq7expH9539ERJ";
+/// Default Gradium voice: Elise (`b35yykvVppLXyw_l`), a warm French (fr-FR) female voice of
+/// Gradium's flagship catalogue, matching the French text rules (`rewrite_rules = "fr"`). Leo
+/// (`axlOaUiFyOZhy4nv`) is its male counterpart; `YTpq7expH9539ERJ` (Emma, used in Gradium's
+/// examples) is US English.
+pub const GRADIUM_DEFAULT_VOICE: &str = "b35yykvVppLXyw_l";
 
 /// The hosts accepted by `[sovereignty] mode = "eu"` (besides loopback and `allowed_hosts`):
 /// Mistral's EU production server, Gladia (with `region = "eu-west"`), Gradium's EU host.
@@ -771,6 +773,8 @@ registry! {
     Gladia = "gladia" => gladia: GladiaConfig,
     /// Gradium ASR (`[stt.gradium]`).
     Gradium = "gradium" => gradium: GradiumSttConfig,
+    /// Whisper in-process (`[stt.whisper]`, docs/local.md).
+    Whisper = "whisper" => whisper: crate::local::WhisperConfig,
 }
 
 // The registry macro cannot mark the default variant.
@@ -844,6 +848,10 @@ registry! {
     }
     /// Gradium TTS (`[tts.gradium]`).
     Gradium = "gradium" => gradium: GradiumTtsConfig,
+    /// espeak-ng (`[tts.espeak]`, docs/local.md).
+    Espeak = "espeak" => espeak: crate::local::EspeakConfig,
+    /// A Piper voice (`[tts.piper]`, docs/local.md).
+    Piper = "piper" => piper: crate::local::PiperConfig,
 }
 
 #[allow(clippy::derivable_impls)]
@@ -876,6 +884,10 @@ pub enum SovereigntyMode {
     Eu,
     /// No check.
     Off,
+    /// Nothing leaves the host: every endpoint must be loopback (`127.0.0.0/8`, `::1`,
+    /// `localhost`) or the provider in-process (Whisper, espeak, Piper). `allowed_hosts` does
+    /// not apply.
+    Local,
 }
 
 /// `[sovereignty]`.
@@ -892,16 +904,10 @@ pub struct SovereigntyConfig {
 impl SovereigntyConfig {
     /// Whether `host` is allowed under `mode = "eu"`.
     pub fn host_allowed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if bare == "localhost" || bare.ends_with(".localhost") {
+        if is_local_host(host) {
             return true;
         }
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            if ip.is_loopback() {
-                return true;
-            }
-        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if EU_HOSTS.contains(&host.as_str()) {
             return true;
         }
@@ -919,6 +925,19 @@ impl SovereigntyConfig {
             return Ok(());
         }
         let host = url.host_str().unwrap_or_default();
+        if self.mode == SovereigntyMode::Local {
+            return if is_local_host(host) {
+                Ok(())
+            } else {
+                Err(SovereigntyError {
+                    provider: provider.to_owned(),
+                    endpoint: url.to_string(),
+                    reason: format!(
+                        "host {host:?} is not local (mode = \"local\" allows loopback only)"
+                    ),
+                })
+            };
+        }
         if self.host_allowed(host) {
             Ok(())
         } else {
@@ -929,6 +948,16 @@ impl SovereigntyConfig {
             })
         }
     }
+}
+
+/// Whether `host` is this machine: `localhost` (and `*.localhost`) or a loopback address.
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare == "localhost" || bare.ends_with(".localhost") {
+        return true;
+    }
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

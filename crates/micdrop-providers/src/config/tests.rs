@@ -47,8 +47,37 @@ fn defaults_are_the_sovereign_stack() {
         c.endpoints()[2].as_str(),
         "wss://eu.api.gradium.ai/api/speech/tts"
     );
+    // French end to end: Gladia and Gradium STT listen for French, Gradium speaks with a
+    // French voice (Elise).
+    assert_eq!(c.stt.gladia.languages, ["fr"]);
+    assert_eq!(c.stt.gradium.language.as_deref(), Some("fr"));
+    assert_eq!(tts.gradium.voice_id, "b35yykvVppLXyw_l");
+    assert_eq!(
+        crate::mistral::MISTRAL_DEFAULT_MODEL,
+        "mistral-small-latest"
+    );
     // An empty document gives the same configuration.
     assert_eq!(ProvidersConfig::from_toml("").unwrap(), c);
+}
+
+#[test]
+fn delay_in_frames_is_checked_when_the_config_is_read() {
+    for ok in crate::gradium::DELAY_IN_FRAMES {
+        let c = ProvidersConfig::from_toml(&format!("[stt.gradium]\ndelay_in_frames = {ok}\n"))
+            .unwrap();
+        assert_eq!(c.stt.gradium.delay_in_frames, Some(ok));
+    }
+    for bad in [0, 9, 11, 13, 50] {
+        let e = ProvidersConfig::from_toml(&format!("[stt.gradium]\ndelay_in_frames = {bad}\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("delay_in_frames"), "{e}");
+    }
+    // Set by code: refused by build.
+    let mut c = with_keys(ProvidersConfig::default());
+    c.stt.provider = SttKind::Gradium;
+    c.stt.gradium.delay_in_frames = Some(9);
+    let e = c.build().unwrap_err();
+    assert!(e.to_string().contains("delay_in_frames"), "{e}");
 }
 
 #[test]

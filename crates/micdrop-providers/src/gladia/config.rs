@@ -54,7 +54,8 @@ pub struct GladiaConfig {
     pub api_key: Option<ApiKey>,
     /// `model` (Gladia's default: `solaria-1`).
     pub model: Option<String>,
-    /// `language_config.languages` (empty: auto-detect).
+    /// `language_config.languages` (default `["fr"]`, like Gradium STT's `fr`; empty:
+    /// Gladia's auto-detection).
     pub languages: Vec<String>,
     /// `language_config.code_switching`.
     pub code_switching: Option<bool>,
@@ -101,7 +102,7 @@ impl Default for GladiaConfig {
             api_key_env: GLADIA_KEY_ENV.into(),
             api_key: None,
             model: None,
-            languages: Vec::new(),
+            languages: vec!["fr".into()],
             code_switching: None,
             endpointing: None,
             maximum_duration_without_endpointing: None,

@@ -279,8 +279,9 @@ impl Session {
                 p.offset = None;
             }
         } else {
-            // Re-send what the server did not acknowledge, from its byte count on.
-            let acked = self.acked;
+            // Re-send what the server did not acknowledge, from its byte count on, rounded down
+            // to a whole sample (an odd count would shift every later sample by one byte).
+            let acked = whole_samples(self.acked);
             let mut resend = VecDeque::new();
             for mut p in std::mem::take(&mut self.pending) {
                 match p.offset {
@@ -533,7 +534,7 @@ pub(super) async fn init(sh: &Shared, call: &str) -> Result<Url, ConnectFailure>
     })?;
     if let Some(policy) = &sh.ws_policy {
         let host = url.host_str().unwrap_or_default();
-        if !policy.host_allowed(host) {
+        if !session_host_allowed(policy, host) {
             return Err(ConnectFailure {
                 kind: ProviderErrorKind::Config(format!(
                     "Gladia returned a session on host {host:?}, not allowed by [sovereignty] mode = \"eu\""
@@ -543,4 +544,17 @@ pub(super) async fn init(sh: &Shared, call: &str) -> Result<Url, ConnectFailure>
         }
     }
     Ok(url)
+}
+
+/// Whether the session URL's host is acceptable under the EU policy: Gladia's own hosts
+/// (`*.gladia.io`: the init request went to Gladia with `region = "eu-west"`, and Gladia may hand
+/// out a regional WebSocket host), or a host the policy allows.
+pub(super) fn session_host_allowed(policy: &crate::config::SovereigntyConfig, host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    h == "gladia.io" || h.ends_with(".gladia.io") || policy.host_allowed(host)
+}
+
+/// `bytes` rounded down to whole 16-bit samples.
+pub(super) fn whole_samples(bytes: u64) -> u64 {
+    bytes & !1
 }

@@ -193,3 +193,30 @@ async fn a_session_on_a_foreign_host_is_refused_under_the_eu_policy() {
     );
     assert_eq!(server.request_count(), 2);
 }
+
+#[test]
+fn gladia_session_hosts_are_accepted_under_the_eu_policy() {
+    use super::session::session_host_allowed;
+    let eu = crate::config::SovereigntyConfig::default();
+    assert!(session_host_allowed(&eu, "api.gladia.io"));
+    assert!(session_host_allowed(&eu, "eu-west.api.gladia.io"));
+    assert!(session_host_allowed(&eu, "WS-EU.Gladia.IO."));
+    assert!(session_host_allowed(&eu, "127.0.0.1"));
+    assert!(!session_host_allowed(&eu, "us-west.example.com"));
+    assert!(!session_host_allowed(&eu, "gladia.io.evil.example"));
+    assert!(!session_host_allowed(&eu, "notgladia.io"));
+}
+
+#[test]
+fn acknowledged_bytes_are_rounded_to_whole_samples() {
+    use super::session::whole_samples;
+    assert_eq!(whole_samples(0), 0);
+    assert_eq!(whole_samples(3201), 3200);
+    assert_eq!(whole_samples(3200), 3200);
+}
+
+#[test]
+fn french_is_the_default_language() {
+    let b = init_body(&GladiaConfig::default());
+    assert_eq!(b["language_config"]["languages"], json!(["fr"]));
+}

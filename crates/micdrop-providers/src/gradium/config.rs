@@ -89,7 +89,9 @@ pub struct GradiumSttConfig {
     pub model_name: String,
     /// `json_config.language` (`en`, `fr`, `de`, `es`, `pt`).
     pub language: Option<String>,
-    /// `json_config.delay_in_frames` (7–48, 80 ms each).
+    /// `json_config.delay_in_frames`: one of [`DELAY_IN_FRAMES`] (80 ms each); another value is
+    /// refused when the configuration is read (Gradium would refuse it at connect with 1008).
+    #[serde(deserialize_with = "de_delay_in_frames")]
     pub delay_in_frames: Option<u32>,
     /// Other `json_config` keys, merged as given.
     pub json_config: Map<String, Value>,
@@ -299,6 +301,32 @@ impl GradiumTtsConfig {
     }
 }
 
+/// The `delay_in_frames` values Gradium STT accepts.
+pub const DELAY_IN_FRAMES: [u32; 10] = [7, 8, 10, 12, 14, 16, 20, 24, 36, 48];
+
+fn de_delay_in_frames<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = Option::<u32>::deserialize(d)?;
+    match v {
+        Some(n) if !DELAY_IN_FRAMES.contains(&n) => Err(serde::de::Error::custom(format!(
+            "delay_in_frames = {n}: Gradium accepts 7, 8, 10, 12, 14, 16, 20, 24, 36 or 48"
+        ))),
+        v => Ok(v),
+    }
+}
+
+impl GradiumSttConfig {
+    /// Checks values set by code (the TOML reader checks them already).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.delay_in_frames {
+            Some(n) if !DELAY_IN_FRAMES.contains(&n) => Err(ConfigError::invalid(
+                "stt.gradium.delay_in_frames",
+                format!("{n}: Gradium accepts 7, 8, 10, 12, 14, 16, 20, 24, 36 or 48"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl ProviderSection for GradiumSttConfig {
     fn key_need(&self) -> Option<KeyNeed> {
         Some(KeyNeed::new(&self.api_key_env, &self.api_key))
@@ -316,6 +344,7 @@ impl ProviderSection for GradiumSttConfig {
 
 impl SttSection for GradiumSttConfig {
     fn build(&self, cx: &BuildContext<'_>) -> Result<Arc<dyn SpeechToText>, ConfigError> {
+        self.validate()?;
         Ok(Arc::new(GradiumStt::new(self.clone(), cx.key(self)?)?))
     }
 }

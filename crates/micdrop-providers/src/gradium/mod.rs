@@ -13,7 +13,7 @@ mod messages;
 mod stt;
 mod tts;
 
-pub use config::{GradiumRegion, GradiumSttConfig, GradiumTtsConfig};
+pub use config::{DELAY_IN_FRAMES, GradiumRegion, GradiumSttConfig, GradiumTtsConfig};
 pub use messages::{ServerMessage, VadPrediction, inactivity_at, parse_message};
 pub use stt::GradiumStt;
 pub use tts::GradiumTts;
