@@ -195,7 +195,7 @@ test('the page fits a phone screen (no horizontal scrolling)', async () => {
 
 describe('the demo page and ?url=', () => {
   test('a ?url= of another host is ignored: the page keeps its own server and says so', async () => {
-    const { page, context, sockets } = await openDemo(browser, base, { url: 'ws://127.0.0.2:9/call' })
+    const { page, context, sockets } = await openDemo(browser, base, { url: 'wss://voice.example.invalid/call' })
     try {
       assert.equal(await page.inputValue('#url'), `${base.replace(/^http/, 'ws')}/call`)
       await page.waitForSelector('#error:not([hidden])')

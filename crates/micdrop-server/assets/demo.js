@@ -24,6 +24,15 @@ const allowedUrls = (() => {
   }
 })()
 
+function isLoopback(hostname) {
+  return (
+    hostname === 'localhost' ||
+    hostname.endsWith('.localhost') ||
+    /^127\.\d+\.\d+\.\d+$/.test(hostname) ||
+    hostname === '[::1]'
+  )
+}
+
 function isAllowedUrl(text) {
   let url
   try {
@@ -33,6 +42,8 @@ function isAllowedUrl(text) {
   }
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:') return false
   if (url.host === location.host) return true
+  // A page served from loopback may use other loopback servers (local development).
+  if (isLoopback(location.hostname) && isLoopback(url.hostname)) return true
   return allowedUrls.some((a) => {
     try {
       const allowed = new URL(a)
@@ -47,6 +58,13 @@ const urlInput = $('url')
 const tokenInput = $('token')
 const requestedUrl = query.get('url')
 const refusedUrl = requestedUrl && !isAllowedUrl(requestedUrl)
+// Shown until the first call starts (render() would otherwise hide it).
+let urlNotice = refusedUrl
+  ? [
+      'Server address ignored',
+      `This page only connects to its own server (or to servers its configuration allows), not to ${requestedUrl}.`,
+    ]
+  : null
 urlInput.value = requestedUrl && !refusedUrl ? requestedUrl : defaultUrl()
 tokenInput.value = query.get('token') || ''
 $('threshold').value = String(micdrop.vad.options.threshold)
@@ -65,6 +83,7 @@ $('start').addEventListener('click', async () => {
     return
   }
   endedByAssistant = false
+  urlNotice = null
   const token = tokenInput.value.trim()
   const url = urlInput.value.trim()
   try {
@@ -189,6 +208,9 @@ function render(s) {
     const [title, text] = explainError(s.error, s)
     err.dataset.code = s.error.code
     showError(title, text)
+  } else if (urlNotice) {
+    delete err.dataset.code
+    showError(...urlNotice)
   } else {
     err.hidden = true
     delete err.dataset.code
@@ -251,9 +273,4 @@ render(micdrop.state)
 requestAnimationFrame(meters)
 micdrop.updateDevices().catch(() => {})
 
-if (refusedUrl) {
-  showError(
-    'Server address ignored',
-    `This page only connects to its own server (or to servers its configuration allows), not to ${requestedUrl}.`,
-  )
-}
+if (urlNotice) showError(...urlNotice)
