@@ -192,3 +192,28 @@ test('the page fits a phone screen (no horizontal scrolling)', async () => {
   assert.ok(box.height >= 44, 'the main button is large enough to tap')
   await context.close()
 })
+
+describe('the demo page and ?url=', () => {
+  test('a ?url= of another host is ignored: the page keeps its own server and says so', async () => {
+    const { page, context, sockets } = await openDemo(browser, base, { url: 'ws://127.0.0.2:9/call' })
+    try {
+      assert.equal(await page.inputValue('#url'), `${base.replace(/^http/, 'ws')}/call`)
+      await page.waitForSelector('#error:not([hidden])')
+      assert.match(await page.locator('#error').innerText(), /Server address ignored/)
+      assert.equal(sockets.length, 0)
+    } finally {
+      await context.close()
+    }
+  })
+
+  test('a ?url= of the same host is used', async () => {
+    const own = `${base.replace(/^http/, 'ws')}/call?x=1`
+    const { page, context } = await openDemo(browser, base, { url: own })
+    try {
+      assert.equal(await page.inputValue('#url'), own)
+    } finally {
+      await context.close()
+    }
+  })
+})
+

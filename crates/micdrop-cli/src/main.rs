@@ -46,15 +46,22 @@ enum Command {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("MICDROP_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    // Dependencies never log below info, whatever the filter says: at debug/trace they log
+    // headers, frames and URLs with keys and tokens (docs/security.md).
+    let cap = micdrop_server::logging::dependency_cap();
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.finish().with(cap).init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().with(cap).init(),
     }
 }
 

@@ -39,6 +39,7 @@ async fn handler(ws: WebSocketUpgrade, config: Arc<CallConfig>) -> Response {
 
 pub mod agent;
 pub mod call;
+pub mod call_budget;
 pub mod conversation;
 pub mod error;
 pub mod params;

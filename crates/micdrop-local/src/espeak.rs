@@ -61,6 +61,25 @@ impl EspeakTts {
         })
     }
 
+    /// A provider, checked with blocking calls (for synchronous configuration code at start):
+    /// fails if the program cannot be run or the voice does not exist.
+    pub fn new_blocking(opts: EspeakOptions) -> Result<Self, LocalError> {
+        let out = std::process::Command::new(&opts.program)
+            .arg("--voices")
+            .output()
+            .map_err(|e| {
+                LocalError::engine(
+                    "espeak-ng",
+                    format!("cannot run {}: {e}", opts.program.display()),
+                )
+            })?;
+        let synth = Espeak { opts };
+        synth.voice_listed(&String::from_utf8_lossy(&out.stdout))?;
+        Ok(Self {
+            synth: Arc::new(synth),
+        })
+    }
+
     /// Synthesizes `text` (PCM s16le 16 kHz mono).
     pub async fn synthesize(&self, text: &str) -> Result<Vec<u8>, LocalError> {
         self.synth.speak(text).await
@@ -81,6 +100,11 @@ impl Espeak {
                     format!("cannot run {}: {e}", self.opts.program.display()),
                 )
             })?;
+        self.voice_listed(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Whether the voice is in the output of `espeak-ng --voices`.
+    fn voice_listed(&self, listing: &str) -> Result<(), LocalError> {
         let wanted = self
             .opts
             .voice
@@ -88,7 +112,7 @@ impl Espeak {
             .next()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let listing = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        let listing = listing.to_ascii_lowercase();
         let known = listing.lines().skip(1).any(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let mut names = cols

@@ -773,6 +773,8 @@ registry! {
     Gladia = "gladia" => gladia: GladiaConfig,
     /// Gradium ASR (`[stt.gradium]`).
     Gradium = "gradium" => gradium: GradiumSttConfig,
+    /// Whisper in-process (`[stt.whisper]`, docs/local.md).
+    Whisper = "whisper" => whisper: crate::local::WhisperConfig,
 }
 
 // The registry macro cannot mark the default variant.
@@ -846,6 +848,10 @@ registry! {
     }
     /// Gradium TTS (`[tts.gradium]`).
     Gradium = "gradium" => gradium: GradiumTtsConfig,
+    /// espeak-ng (`[tts.espeak]`, docs/local.md).
+    Espeak = "espeak" => espeak: crate::local::EspeakConfig,
+    /// A Piper voice (`[tts.piper]`, docs/local.md).
+    Piper = "piper" => piper: crate::local::PiperConfig,
 }
 
 #[allow(clippy::derivable_impls)]
@@ -878,6 +884,10 @@ pub enum SovereigntyMode {
     Eu,
     /// No check.
     Off,
+    /// Nothing leaves the host: every endpoint must be loopback (`127.0.0.0/8`, `::1`,
+    /// `localhost`) or the provider in-process (Whisper, espeak, Piper). `allowed_hosts` does
+    /// not apply.
+    Local,
 }
 
 /// `[sovereignty]`.
@@ -894,16 +904,10 @@ pub struct SovereigntyConfig {
 impl SovereigntyConfig {
     /// Whether `host` is allowed under `mode = "eu"`.
     pub fn host_allowed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if bare == "localhost" || bare.ends_with(".localhost") {
+        if is_local_host(host) {
             return true;
         }
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            if ip.is_loopback() {
-                return true;
-            }
-        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if EU_HOSTS.contains(&host.as_str()) {
             return true;
         }
@@ -921,6 +925,19 @@ impl SovereigntyConfig {
             return Ok(());
         }
         let host = url.host_str().unwrap_or_default();
+        if self.mode == SovereigntyMode::Local {
+            return if is_local_host(host) {
+                Ok(())
+            } else {
+                Err(SovereigntyError {
+                    provider: provider.to_owned(),
+                    endpoint: url.to_string(),
+                    reason: format!(
+                        "host {host:?} is not local (mode = \"local\" allows loopback only)"
+                    ),
+                })
+            };
+        }
         if self.host_allowed(host) {
             Ok(())
         } else {
@@ -931,6 +948,16 @@ impl SovereigntyConfig {
             })
         }
     }
+}
+
+/// Whether `host` is this machine: `localhost` (and `*.localhost`) or a loopback address.
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare == "localhost" || bare.ends_with(".localhost") {
+        return true;
+    }
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod gladia;
 pub mod gradium;
 pub mod http;
 pub mod link;
+pub mod local;
 pub mod mistral;
 pub mod retry;
 pub mod secret;

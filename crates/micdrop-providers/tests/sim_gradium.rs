@@ -223,3 +223,81 @@ async fn stt_errors_until_failure() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Gradium ends every socket at its session cap (300 s; shortened here): a long call loses no
+/// utterance and no turn, whether the cap falls between or in the middle of them.
+#[tokio::test]
+async fn a_long_call_across_session_caps_loses_nothing() {
+    let sim = sim(&["un", "deux", "trois", "quatre", "cinq", "six"], |s| {
+        s.gradium.max_session_ms = 900;
+    })
+    .await;
+    // Without the client's recycling, only reconnection on the cap saves the work in flight.
+    let mut t = start_tts(&tts(&sim, |c| c.max_session_age_ms = 0));
+    for id in 1..=6 {
+        t.say(id, &["Une phrase pour passer le temps."]).await;
+        assert!(t.until_done(id).await > 0, "utterance {id}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let c = sim.counters().gradium_tts;
+    assert!(c.connections >= 2, "the cap was reached: {c:?}");
+
+    let mut c = common::config(&sim).stt.gradium;
+    c.max_session_age_ms = 600;
+    let key = c.api_key.clone().unwrap();
+    let mut s = start_stt(&GradiumStt::new(c, key).unwrap());
+    for want in ["un", "deux", "trois", "quatre", "cinq", "six"] {
+        s.turn(400).await;
+        assert_eq!(s.next_final().await, SttEvent::Transcript(want.into()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let c = sim.counters().gradium_stt;
+    assert!(c.connections >= 2, "the socket was renewed: {c:?}");
+}
+
+/// Cancelling stops the rendering: Gradium has no cancel message, so the socket of a request
+/// still being rendered is closed (not `end_of_stream`, which would render and bill the rest)
+/// and a fresh one is opened for the next answer.
+#[tokio::test]
+async fn cancelling_closes_the_rendering_socket_and_the_next_answer_plays() {
+    let sim = sim(&[], |s| {
+        s.zero_delay = false;
+        s.gradium.ready_delay_ms = 0;
+        s.gradium.tts_first_audio_ms = 0;
+        s.gradium.tts_realtime_factor = 0.5;
+    })
+    .await;
+    let mut t = start_tts(&tts(&sim, |_| {}));
+    t.tx.send(TtsCommand::Speak(1)).await.unwrap();
+    t.tx.send(TtsCommand::Text(
+        1,
+        "Une longue phrase qui ne finira jamais ".into(),
+    ))
+    .await
+    .unwrap();
+    // Wait for its first audio: the request is being rendered.
+    loop {
+        if let TtsEvent::Audio(1, _) = t.next().await {
+            break;
+        }
+    }
+    t.tx.send(TtsCommand::Cancel).await.unwrap();
+    t.say(2, &["Oui ?"]).await;
+    loop {
+        match t.next().await {
+            TtsEvent::Audio(1, _) => {}
+            TtsEvent::Audio(2, _) => {}
+            TtsEvent::Done(2) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let c = sim
+        .wait_idle(std::time::Duration::from_millis(300))
+        .await
+        .gradium_tts;
+    assert_eq!(c.connections, 2, "a fresh socket after the cancel: {c:?}");
+    assert_eq!(
+        c.open_connections, 1,
+        "the rendering socket was closed: {c:?}"
+    );
+}

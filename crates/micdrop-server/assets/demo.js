@@ -13,9 +13,41 @@ function defaultUrl() {
 const micdrop = new MicdropClient({ debugLog: query.has('debug') })
 window.micdrop = micdrop
 
+// `?url=` may only point at this page's own host, or at a server that `micdrop serve` lists in
+// `[server] demo_allowed_urls` (given to the page in a meta tag): a link must not be able to send
+// the visitor's voice and token to another host.
+const allowedUrls = (() => {
+  try {
+    return JSON.parse(document.querySelector('meta[name="micdrop-demo-allowed-urls"]')?.content || '[]')
+  } catch {
+    return []
+  }
+})()
+
+function isAllowedUrl(text) {
+  let url
+  try {
+    url = new URL(text)
+  } catch {
+    return false
+  }
+  if (url.protocol !== 'ws:' && url.protocol !== 'wss:') return false
+  if (url.host === location.host) return true
+  return allowedUrls.some((a) => {
+    try {
+      const allowed = new URL(a)
+      return allowed.protocol === url.protocol && allowed.host === url.host
+    } catch {
+      return false
+    }
+  })
+}
+
 const urlInput = $('url')
 const tokenInput = $('token')
-urlInput.value = query.get('url') || defaultUrl()
+const requestedUrl = query.get('url')
+const refusedUrl = requestedUrl && !isAllowedUrl(requestedUrl)
+urlInput.value = requestedUrl && !refusedUrl ? requestedUrl : defaultUrl()
 tokenInput.value = query.get('token') || ''
 $('threshold').value = String(micdrop.vad.options.threshold)
 $('threshold-value').textContent = `${micdrop.vad.options.threshold} dB`
@@ -218,3 +250,10 @@ function meters() {
 render(micdrop.state)
 requestAnimationFrame(meters)
 micdrop.updateDevices().catch(() => {})
+
+if (refusedUrl) {
+  showError(
+    'Server address ignored',
+    `This page only connects to its own server (or to servers its configuration allows), not to ${requestedUrl}.`,
+  )
+}

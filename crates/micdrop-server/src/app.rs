@@ -171,6 +171,10 @@ impl App {
         options.path = config.server.path.clone();
         options.max_frame_bytes = config.server.max_frame_bytes;
         options.max_calls = config.server.max_calls;
+        options.guard = config.server.guard_options();
+        options.header_read_timeout = config.server.header_read_timeout();
+        options.serve_assets = config.server.demo_page;
+        options.demo_allowed_urls = config.server.demo_allowed_urls.clone();
         options.store = store_hook;
         if let (Some(admin), Some(store)) = (&config.admin, &store) {
             let tokens = admin.tokens();
@@ -209,6 +213,7 @@ impl App {
                 config.server.listen
             )))
         })?;
+        crate::http::raise_nofile_limit();
         let server = start(addr, options)
             .await
             .map_err(|source| AppError::Listen {

@@ -7,6 +7,13 @@
 //! max_frame_bytes = 65536        # larger client frames close the call (1009)
 //! max_calls = 10000              # beyond: HTTP 503 before the upgrade
 //! idle_timeout_secs = 900        # no client frame for this long: close 1000 "Idle timeout"
+//! allowed_origins = ["self", "loopback"]  # browser origins allowed to call ("*": any); others 403
+//! max_calls_per_ip = 0           # concurrent calls per client address (0: no limit); beyond 503
+//! trusted_proxies = []           # IPs/CIDRs whose X-Forwarded-For is believed
+//! auth_failures_per_minute = 10  # failed authentications per address, then 429 for auth_block_secs
+//! auth_block_secs = 60
+//! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
+//! demo_page = true               # serve the web page and micdrop.js
 //! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
 //! [call]
@@ -130,6 +137,23 @@ pub struct ServerSection {
     pub max_calls: usize,
     /// Idle timeout in seconds.
     pub idle_timeout_secs: u64,
+    /// Browser origins allowed to open calls (see [`crate::guard::GuardOptions`]).
+    pub allowed_origins: Vec<String>,
+    /// Maximum concurrent calls per client address (0: no limit).
+    pub max_calls_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
+    pub trusted_proxies: Vec<String>,
+    /// Failed authentications per address and minute before HTTP 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// How long an address gets HTTP 429 after too many failed authentications.
+    pub auth_block_secs: u64,
+    /// Time a client gets to send its request headers, in seconds (0: no limit).
+    pub header_read_timeout_secs: u64,
+    /// Serve the demo web page and `micdrop.js`.
+    pub demo_page: bool,
+    /// WebSocket URLs of other servers the demo page may connect to (`?url=`), besides its own
+    /// host.
+    pub demo_allowed_urls: Vec<String>,
     /// On SIGTERM/SIGINT, how long calls in progress may go on before they get 1001.
     pub drain_timeout_secs: u64,
 }
@@ -142,6 +166,14 @@ impl Default for ServerSection {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_calls: DEFAULT_MAX_CALLS,
             idle_timeout_secs: micdrop_core::call::DEFAULT_IDLE_TIMEOUT.as_secs(),
+            allowed_origins: crate::guard::default_allowed_origins(),
+            max_calls_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            auth_failures_per_minute: crate::guard::DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            auth_block_secs: crate::guard::DEFAULT_AUTH_BLOCK.as_secs(),
+            header_read_timeout_secs: crate::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            demo_page: true,
+            demo_allowed_urls: Vec::new(),
             drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
         }
     }
@@ -151,6 +183,23 @@ impl ServerSection {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The guards' options.
+    pub fn guard_options(&self) -> crate::guard::GuardOptions {
+        crate::guard::GuardOptions {
+            allowed_origins: self.allowed_origins.clone(),
+            max_calls_per_ip: self.max_calls_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            auth_block: Duration::from_secs(self.auth_block_secs),
+        }
+    }
+
+    /// The header-read timeout (`None` when 0).
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_secs > 0)
+            .then(|| Duration::from_secs(self.header_read_timeout_secs))
     }
 
     /// The drain timeout.
@@ -348,6 +397,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[server] idle_timeout_secs must be at least 1".into(),
             ));
+        }
+        self.server
+            .guard_options()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[server] {e}")))?;
+        for u in &self.server.demo_allowed_urls {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] demo_allowed_urls: {u:?} is not a ws:// or wss:// URL"
+                )));
+            }
         }
         #[cfg(feature = "sim")]
         if let Some(sim) = &self.sim {

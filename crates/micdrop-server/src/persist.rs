@@ -63,7 +63,12 @@ pub async fn begin(
     mut config: CallConfig,
     params: Option<&Value>,
 ) -> Result<(CallConfig, CallSession), MicdropError> {
-    let call_id = uuid::Uuid::new_v4().to_string();
+    // The engine's call id (set by the factory, or made here): logs and store agree.
+    let call_id = config
+        .call_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    config.call_id = Some(call_id.clone());
     let mut begin = hook
         .store
         .begin_call(&call_id, params, hook.provider_hosts.clone())

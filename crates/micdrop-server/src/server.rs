@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::HeaderMap;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use micdrop_core::call::{CallConfig, CallEnd, reject, run_call};
@@ -21,9 +20,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
+use crate::guard::{GuardOptions, Guards};
 use crate::telemetry::{self, ActiveCall, MetricsEndpoint};
 
 /// Read buffer of each call's WebSocket (bytes).
@@ -59,6 +59,12 @@ pub struct ServerOptions {
     pub serve_assets: bool,
     /// Called at the end of each call.
     pub on_end: Option<EndHook>,
+    /// Origins, calls per address, failed-authentication limit, trusted proxies.
+    pub guard: GuardOptions,
+    /// Servers (WebSocket URLs) the demo page may connect to with `?url=`, besides its own.
+    pub demo_allowed_urls: Vec<String>,
+    /// Time a client gets to send its request headers (`None`: no limit).
+    pub header_read_timeout: Option<Duration>,
     /// Serve `GET /metrics` (off unless set; `micdrop serve` sets it from `[telemetry]`).
     pub metrics: Option<MetricsEndpoint>,
     /// The conversation store (`[store]`): resume, persistence (see [`crate::persist`]).
@@ -79,6 +85,9 @@ impl ServerOptions {
             max_calls: DEFAULT_MAX_CALLS,
             serve_assets: true,
             on_end: None,
+            guard: GuardOptions::default(),
+            demo_allowed_urls: Vec::new(),
+            header_read_timeout: Some(crate::http::DEFAULT_HEADER_READ_TIMEOUT),
             metrics: None,
             store: None,
             routes: None,
@@ -93,6 +102,7 @@ impl ServerOptions {
 
 struct AppState {
     options: ServerOptions,
+    guards: Guards,
     calls: Arc<Semaphore>,
     shutdown: CancellationToken,
     draining: CancellationToken,
@@ -138,6 +148,8 @@ impl RunningServer {
 
 /// Binds `addr` and serves until [`RunningServer::shutdown`].
 pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<RunningServer> {
+    let guards = Guards::new(&options.guard)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -145,8 +157,10 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     let tracker = TaskTracker::new();
     let calls = Arc::new(Semaphore::new(options.max_calls));
     let max_calls = options.max_calls;
+    let header_read_timeout = options.header_read_timeout;
     let state = Arc::new(AppState {
         options,
+        guards,
         calls: calls.clone(),
         shutdown: shutdown.clone(),
         draining: draining.clone(),
@@ -154,20 +168,7 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> std::io::Result<
     });
     let app = router(state);
     let stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        // No Nagle: a text frame followed by an audio frame would otherwise wait for the
-        // client's delayed ACK (~40 ms added to a turn, measured with `micdrop bench`).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            stop.cancelled().await;
-        });
-        if let Err(e) = serve.await {
-            warn!(error = %e, "HTTP server error");
-        }
-    });
+    let http = tokio::spawn(crate::http::serve(listener, app, stop, header_read_timeout));
     info!(%addr, "listening");
     Ok(RunningServer {
         addr,
@@ -190,7 +191,25 @@ fn router(state: Arc<AppState>) -> Router {
         app = app.route("/metrics", get(metrics));
     }
     if state.options.serve_assets {
-        app = app.route("/", get(|| async { asset("index.html") }));
+        let index = crate::guard::demo_index(
+            assets::ASSETS
+                .iter()
+                .find(|(n, _, _)| *n == "index.html")
+                .map_or(&[][..], |a| a.2),
+            &state.options.demo_allowed_urls,
+        );
+        app = app.route(
+            "/",
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    index,
+                )
+            }),
+        );
         for (name, _, _) in assets::ASSETS {
             if *name != "index.html" {
                 let route = format!("/{name}");
@@ -239,11 +258,31 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
 }
 
-async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+async fn call_handler(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
         telemetry::call_rejected();
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let client = state.guards.client_ip(peer, &headers);
+    if let Err(refused) = state.guards.check_origin(peer, &headers) {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        warn!(%client, origin, "call refused: origin not allowed");
+        telemetry::call_rejected();
+        return refused;
+    }
+    let ip_permit = match state.guards.admit(client) {
+        Ok(p) => p,
+        Err(refused) => {
+            warn!(%client, status = refused.status().as_u16(), "call refused");
+            telemetry::call_rejected();
+            return refused;
+        }
+    };
     let Ok(permit) = state.calls.clone().try_acquire_owned() else {
         warn!(
             max_calls = state.options.max_calls,
@@ -263,30 +302,39 @@ async fn call_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) 
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                handle_socket(state, socket).await;
+                // Every line of the call carries the client's address (at every level).
+                handle_socket(state, socket, client)
+                    .instrument(tracing::error_span!("client", addr = %client))
+                    .await;
+                drop(ip_permit);
                 drop(permit);
             })
         })
 }
 
-async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocket) {
+async fn handle_socket(
+    state: Arc<AppState>,
+    socket: axum::extract::ws::WebSocket,
+    client: std::net::IpAddr,
+) {
     // In the active-calls gauge from the upgrade on (params included), out when dropped.
     let active = ActiveCall::start();
     let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
-    let params = if let (Some(hook), false) = (
-        &opts.store,
-        opts.require_params || !opts.bearer_tokens.is_empty(),
-    ) {
+    let auth = !opts.bearer_tokens.is_empty();
+    let params = if let (Some(hook), false) = (&opts.store, opts.require_params || auth) {
         let wait = Duration::from_millis(hook.store.config().params_wait_ms);
         let (params, rest) = crate::persist::optional_params(stream, wait).await;
         stream = rest;
         params
-    } else if opts.require_params || !opts.bearer_tokens.is_empty() {
+    } else if opts.require_params || auth {
         match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
-                info!(code = e.code, reason = %e.message, "call rejected");
+                if auth && e == MicdropError::invalid_params() {
+                    state.guards.auth_failed(client);
+                }
+                info!(%client, code = e.code, reason = %e.message, "call rejected");
                 telemetry::call_rejected();
                 reject(sink, &e).await;
                 return;
@@ -295,9 +343,10 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
     } else {
         None
     };
-    if !opts.bearer_tokens.is_empty() {
+    if auth {
         if let Err(e) = check_bearer(params.as_ref(), &opts.bearer_tokens) {
-            info!(code = e.code, "call rejected: unauthorized");
+            state.guards.auth_failed(client);
+            info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
             reject(sink, &e).await;
             return;
@@ -306,7 +355,7 @@ async fn handle_socket(state: Arc<AppState>, socket: axum::extract::ws::WebSocke
     let config = match (opts.factory)(params.as_ref()) {
         Ok(c) => c,
         Err(e) => {
-            info!(code = e.code, reason = %e.message, "call rejected");
+            info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
             reject(sink, &e).await;
             return;

@@ -890,7 +890,7 @@ async fn idle_timeout_closes_with_1000() {
 
 #[tokio::test]
 async fn providers_sessions_are_released_at_the_end() {
-    let stt = ScriptedStt::transcripts(&[]);
+    let stt = ScriptedStt::transcripts(&["Salut"]);
     let tts = ScriptedTts::new();
     let h = Harness::start(
         CallConfig::new(Arc::new(stt.clone()))
@@ -900,6 +900,15 @@ async fn providers_sessions_are_released_at_the_end() {
     .await;
     let mut c = h.client().await;
     c.expect_text("SkipAnswer").await;
+    // An idle call holds no provider session (issue #10): they start with the first turn.
+    assert_eq!(stt.sessions_open(), 0);
+    assert_eq!(tts.sessions_open(), 0);
+    c.text("StartSpeaking").await;
+    c.audio(1).await;
+    c.text("StopSpeaking").await;
+    // Both run once a turn is answered (the TTS starts while the answer is prepared).
+    c.expect_text(&user("Salut")).await;
+    until_text(&mut c, &assistant("You said: Salut")).await;
     assert_eq!(stt.sessions_open(), 1);
     assert_eq!(tts.sessions_open(), 1);
     c.close().await;

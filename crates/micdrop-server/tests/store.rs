@@ -209,6 +209,10 @@ async fn resume_gives_the_agent_its_history_then_erasure(backend: &str) {
         ["assistant", "user", "assistant", "user", "assistant"]
     );
     assert_eq!(d["calls"].as_array().unwrap().len(), 2);
+    // Each answered turn's latencies, across both calls.
+    let turns = d["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{d}");
+    assert!(turns.iter().all(|t| t["stt_ms"].is_number()), "{d}");
     assert_eq!(d["provider_hosts"], json!(["sim.local:1"]));
     assert_eq!(d["params"], json!({"conversation_id": id1}));
 

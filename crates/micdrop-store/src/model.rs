@@ -39,7 +39,7 @@ pub struct CallSummary {
     pub ended_at: Option<String>,
     /// Duration in milliseconds.
     pub duration_ms: Option<i64>,
-    /// The WebSocket close code the server sent (null: the client closed first).
+    /// The close code of the frame that ended the call (the server's or the client's; null: none).
     pub close_code: Option<i64>,
     /// Its reason.
     pub close_reason: Option<String>,

@@ -132,8 +132,6 @@ enum Op {
         item: ConversationItem,
     },
     CancelLastUser(Arc<str>),
-    // Sent once the engine emits per-turn latencies (CallEvent::TurnLatencies).
-    #[allow(dead_code)]
     Turn(Arc<str>, TurnRecord),
     Recording(Arc<str>, String),
     End {
@@ -584,8 +582,23 @@ async fn observe(
                     r.assistant(&pcm);
                 }
             }
-            // Latencies: persisted by the store helper (see TurnRecord); ignored here for now.
-            CallEvent::EndCall | CallEvent::TurnLatencies(_) => {}
+            CallEvent::TurnLatencies(l) => {
+                let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+                let at_ms = now_ms();
+                let turn = TurnRecord {
+                    call_id: call_id.to_string(),
+                    seq: observed.turns.len() as i64,
+                    at_ms,
+                    at: rfc3339(at_ms),
+                    stt_ms: ms(l.stt),
+                    llm_first_token_ms: ms(l.llm_first_token),
+                    tts_first_audio_ms: ms(l.tts_first_audio),
+                    voice_to_voice_ms: ms(l.voice_to_voice),
+                };
+                observed.turns.push(turn.clone());
+                writer.push(Op::Turn(call_id.clone(), turn));
+            }
+            CallEvent::EndCall => {}
         }
     }
     if let Some(r) = recorder {
@@ -655,7 +668,12 @@ impl CallSession {
         };
         let ended_at = now_ms();
         let duration_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let (close_code, close_reason, end_reason) = end_fields(&end.reason);
+        let (mut close_code, mut close_reason, end_reason) = end_fields(&end.reason);
+        // The close frame that ended the call (the server's or the client's), when known.
+        if let Some(close) = &end.close {
+            close_code = Some(close.code);
+            close_reason = Some(close.reason.clone());
+        }
         self.store.writer.push(Op::End {
             call_id: self.call_id.clone(),
             ended_at,

@@ -4,6 +4,10 @@
 //! `kill -9`).
 //!
 //! Missing binaries are an error, never a skipped test: `scripts/deps` installs them.
+//!
+//! Autovacuum is off: an auto-analyze running during a test holds a snapshot, and `VACUUM`
+//! keeps the rows that snapshot can still see (what the erasure tests check must not depend on
+//! its timing).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -143,7 +147,7 @@ impl TempPostgres {
         for _ in 0..5 {
             let port = free_port()?;
             let opts = format!(
-                "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+                "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c autovacuum=off"
             );
             let log = format!("{dir_s}/log");
             match run(

@@ -374,7 +374,24 @@ async fn erasure_of_a_whole_conversation(backend: &str) {
         let cluster = TempPostgres::shared().unwrap();
         let base = cluster.dir().join("data").join("base");
         let found = bytes_found(&base, secret.as_bytes());
-        assert!(found.is_empty(), "erased text still in {found:?}");
+        if !found.is_empty() {
+            // Name the relations, for the failure message.
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut names = Vec::new();
+            for f in &found {
+                let node: i64 = f.rsplit('/').next().unwrap().parse().unwrap_or(0);
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT relname::text FROM pg_class WHERE pg_relation_filenode(oid) = $1",
+                )
+                .bind(node)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap();
+                names.push(row.map_or("(no relation)".to_owned(), |r| r.0));
+            }
+            panic!("erased text still in {found:?}: {names:?}");
+        }
     }
     store.close().await;
 }

@@ -45,6 +45,11 @@ impl WsClient {
         Self { ws }
     }
 
+    /// Wraps a socket opened elsewhere (with custom headers, for example).
+    pub fn from_stream(ws: Ws) -> Self {
+        Self { ws }
+    }
+
     /// Sends a text frame.
     pub async fn text(&mut self, t: &str) {
         self.ws

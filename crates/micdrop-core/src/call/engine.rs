@@ -26,6 +26,7 @@ use crate::protocol::{
 };
 use crate::socket::{SocketError, SocketSink, SocketStream};
 use crate::stt::{STT_COMMAND_CAPACITY, SttCommand, SttEvent, SttSessionIo};
+use crate::telemetry::{self, Stage};
 use crate::time::sleep_until;
 use crate::tts::{
     TTS_COMMAND_CAPACITY, TTS_EVENT_CAPACITY, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId,
@@ -125,7 +126,12 @@ impl CallTask {
         }
     }
 
-    fn start_providers(&mut self) {
+    /// Starts the STT session if it is not running (at the first `StartSpeaking`: an idle
+    /// call holds no provider session, channel or task).
+    fn ensure_stt(&mut self) {
+        if self.stt.is_some() {
+            return;
+        }
         let (cmd_tx, cmd_rx) = mpsc::channel(STT_COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = mpsc::channel(STT_EVENT_CAPACITY);
         let fut = self.config.stt.run(SttSessionIo {
@@ -138,20 +144,30 @@ impl CallTask {
             commands: cmd_tx,
             events: ev_rx,
         });
-        if let Some(tts) = &self.config.tts {
-            let (cmd_tx, cmd_rx) = mpsc::channel(TTS_COMMAND_CAPACITY);
-            let (ev_tx, ev_rx) = mpsc::channel(TTS_EVENT_CAPACITY);
-            let fut = tts.run(TtsSessionIo {
-                commands: cmd_rx,
-                events: ev_tx,
-            });
-            self.providers
-                .push(tokio::spawn(fut.instrument(tracing::Span::current())));
-            self.tts = Some(Session {
-                commands: cmd_tx,
-                events: ev_rx,
-            });
+    }
+
+    /// Starts the TTS session if there is a TTS and it is not running: at the first utterance,
+    /// or at a `StopSpeaking` that will be answered (its connection is then set up while the
+    /// STT and the model work).
+    fn ensure_tts(&mut self) {
+        if self.tts.is_some() {
+            return;
         }
+        let Some(tts) = &self.config.tts else {
+            return;
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(TTS_COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = mpsc::channel(TTS_EVENT_CAPACITY);
+        let fut = tts.run(TtsSessionIo {
+            commands: cmd_rx,
+            events: ev_tx,
+        });
+        self.providers
+            .push(tokio::spawn(fut.instrument(tracing::Span::current())));
+        self.tts = Some(Session {
+            commands: cmd_tx,
+            events: ev_rx,
+        });
     }
 
     pub(super) async fn run(mut self, mut stream: SocketStream) -> CallEnd {
@@ -161,7 +177,6 @@ impl CallTask {
             agent = self.config.agent.as_ref().map(|a| a.model_name()),
             "call started"
         );
-        self.start_providers();
         self.first_message();
 
         let idle = tokio::time::sleep(self.config.idle_timeout);
@@ -361,6 +376,16 @@ impl CallTask {
             return;
         };
         let l: TurnLatencies = probe.finish(first_audio);
+        for (stage, d) in [
+            (Stage::Stt, l.stt),
+            (Stage::LlmFirstToken, l.llm_first_token),
+            (Stage::TtsFirstAudio, l.tts_first_audio),
+            (Stage::VoiceToVoice, l.voice_to_voice),
+        ] {
+            if let Some(d) = d {
+                telemetry::turn_latency(stage, d);
+            }
+        }
         let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
         info!(
             stt_ms = ms(l.stt),
@@ -452,7 +477,11 @@ impl CallTask {
             // Rule 2: a new user turn replaces the last one.
             ClientCommand::StartSpeaking => {
                 self.report_latencies(None);
+                if self.answer.is_some() || self.outbox.has_queued_audio() {
+                    telemetry::barge_in();
+                }
                 self.user = UserTurn::next(&self.user);
+                self.ensure_stt();
                 self.stt(SttCommand::StartTurn);
                 self.cancel();
             }
@@ -475,6 +504,9 @@ impl CallTask {
                     return;
                 }
                 let transcribed = self.last_is_unanswered_user();
+                if self.config.agent.is_some() {
+                    self.ensure_tts();
+                }
                 self.report_latencies(None);
                 self.probe = Some(Box::new(LatencyProbe::new(transcribed)));
                 self.start_prediction();
@@ -502,6 +534,7 @@ impl CallTask {
         match self.user.accept_audio(&pcm, keep) {
             AudioVerdict::Ignored => {}
             AudioVerdict::Accepted => {
+                telemetry::user_audio(pcm.len());
                 if self.config.observer.is_some() {
                     self.emit(CallEvent::UserAudio(pcm.clone()));
                 }
@@ -640,6 +673,7 @@ impl CallTask {
     }
 
     fn open_utterance(&mut self) -> UtteranceId {
+        self.ensure_tts();
         let u = self.next_utterance;
         self.next_utterance += 1;
         self.tts(TtsCommand::Speak(u));
@@ -660,7 +694,7 @@ impl CallTask {
             .agent
             .as_ref()
             .map_or(text.clone(), |a| a.split_extract(&text).0);
-        if self.tts.is_some() {
+        if self.config.tts.is_some() {
             let u = self.open_utterance();
             self.tts(TtsCommand::Text(u, spoken));
             self.tts(TtsCommand::EndText(u));
@@ -695,7 +729,7 @@ impl CallTask {
                 let utterance = match answer.utterance {
                     Some(u) => Some(u),
                     None => {
-                        let opened = self.tts.is_some().then(|| self.open_utterance());
+                        let opened = self.config.tts.is_some().then(|| self.open_utterance());
                         if let Some(a) = self.answer.as_mut() {
                             a.utterance = opened;
                         }

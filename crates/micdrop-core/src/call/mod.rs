@@ -316,7 +316,8 @@ pub fn start_call(
         .call_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("call", call_id = %id);
+    // At error level: the span, and so the call_id, is on every line at every log level.
+    let span = tracing::error_span!("call", call_id = %id);
     let fut = async move {
         engine::CallTask::new(config, id, sink, rx)
             .run(stream)

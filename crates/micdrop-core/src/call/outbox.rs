@@ -135,6 +135,11 @@ impl Outbox {
         self.audio_pushed >= u
     }
 
+    /// Whether audio waits to be written.
+    pub fn has_queued_audio(&self) -> bool {
+        self.queued_audio > 0
+    }
+
     /// Whether the call should read more TTS audio now.
     pub fn wants_audio(&self) -> bool {
         self.lead.is_none() || self.queued_audio < MAX_QUEUED_AUDIO
@@ -222,6 +227,7 @@ impl Outbox {
                         self.audio_written = u;
                         self.first_written = Some((u, now));
                     }
+                    crate::telemetry::assistant_audio(pcm.len());
                     WsMessage::Binary(pcm)
                 }
             };
