@@ -98,19 +98,23 @@ fn add_seconds(total: &AtomicU64, name: &'static str, bytes: usize) {
     }
 }
 
-/// Counts a request to a provider (`kind`: `stt`, `tts`, `llm`).
-pub fn provider_request(provider: &'static str, kind: &'static str) {
-    metrics::counter!(PROVIDER_REQUESTS_TOTAL, "provider" => provider, "kind" => kind).increment(1);
+/// Counts a request to a provider (`kind`: `stt`, `tts`, `llm`): a model request, or a
+/// streaming session (WebSocket) opened.
+pub fn provider_request(provider: &str, kind: &'static str) {
+    metrics::counter!(PROVIDER_REQUESTS_TOTAL, "provider" => provider.to_owned(), "kind" => kind)
+        .increment(1);
 }
 
-/// Counts a failed provider request.
-pub fn provider_error(provider: &'static str, kind: &'static str) {
-    metrics::counter!(PROVIDER_ERRORS_TOTAL, "provider" => provider, "kind" => kind).increment(1);
+/// Counts a failed provider request (a failed attempt, or a session lost).
+pub fn provider_error(provider: &str, kind: &'static str) {
+    metrics::counter!(PROVIDER_ERRORS_TOTAL, "provider" => provider.to_owned(), "kind" => kind)
+        .increment(1);
 }
 
 /// Counts a provider retry or reconnection.
-pub fn provider_retry(provider: &'static str, kind: &'static str) {
-    metrics::counter!(PROVIDER_RETRIES_TOTAL, "provider" => provider, "kind" => kind).increment(1);
+pub fn provider_retry(provider: &str, kind: &'static str) {
+    metrics::counter!(PROVIDER_RETRIES_TOTAL, "provider" => provider.to_owned(), "kind" => kind)
+        .increment(1);
 }
 
 /// Counts a switch from one provider to its fallback.

@@ -137,6 +137,11 @@ impl ModelRun {
                         return Some((Err(e), self));
                     }
                     let next = (self.idx + 1) % self.models.len();
+                    micdrop_core::telemetry::fallback(
+                        "llm",
+                        self.models[self.idx].name(),
+                        self.models[next].name(),
+                    );
                     warn!(
                         failed = self.models[self.idx].name(),
                         next = self.models[next].name(),
@@ -364,6 +369,7 @@ async fn run_stt(providers: Vec<Arc<dyn SpeechToText>>, watchdog: Duration, mut 
             continue;
         }
         let next = (idx + 1) % n;
+        micdrop_core::telemetry::fallback("stt", providers[idx].name(), providers[next].name());
         warn!(
             failed = providers[idx].name(),
             next = providers[next].name(),
@@ -604,6 +610,7 @@ async fn run_tts(providers: Vec<Arc<dyn TextToSpeech>>, watchdog: Duration, mut 
             continue;
         }
         let next = (idx + 1) % n;
+        micdrop_core::telemetry::fallback("tts", providers[idx].name(), providers[next].name());
         warn!(
             failed = providers[idx].name(),
             next = providers[next].name(),

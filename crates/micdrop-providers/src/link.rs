@@ -353,6 +353,8 @@ impl<C: Connector> Link<C> {
                     let r = fut.await;
                     match r {
                         Ok((ws, info)) => {
+                            let (provider, kind) = self.labels();
+                            micdrop_core::telemetry::provider_request(provider, kind);
                             self.opened += 1;
                             self.worked = false;
                             let now = Instant::now();
@@ -364,6 +366,9 @@ impl<C: Connector> Link<C> {
                             return LinkEvent::Connected(info);
                         }
                         Err(f) => {
+                            let (provider, kind) = self.labels();
+                            micdrop_core::telemetry::provider_request(provider, kind);
+                            micdrop_core::telemetry::provider_error(provider, kind);
                             self.state = State::Down;
                             self.failed_attempt(f);
                         }
@@ -416,6 +421,8 @@ impl<C: Connector> Link<C> {
     }
 
     fn lost(&mut self, kind: ProviderErrorKind) -> LinkEvent<C::Info> {
+        let (provider, k) = self.labels();
+        micdrop_core::telemetry::provider_error(provider, k);
         self.state = State::Down;
         self.last_error = Some(kind.clone());
         LinkEvent::Lost(kind)
@@ -431,6 +438,8 @@ impl<C: Connector> Link<C> {
             let delay = self.policy.retry.delay(self.retries);
             warn!(link = self.name, error = %f.kind, retry = self.retries + 1, "connection lost; reconnecting");
             self.retries += 1;
+            let (provider, kind) = self.labels();
+            micdrop_core::telemetry::provider_retry(provider, kind);
             self.state = State::Backoff(Instant::now() + delay);
         } else {
             let kind = ProviderErrorKind::Exhausted {
@@ -445,6 +454,16 @@ impl<C: Connector> Link<C> {
         self.state = State::Down;
         self.retries = 0;
         self.queued = Some(LinkEvent::GaveUp(kind));
+    }
+
+    /// The `provider` and `kind` labels of this link's metrics, from its name: `gladia` (STT),
+    /// `gradium-stt`, `gradium-tts`, and any `<provider>-<kind>`.
+    fn labels(&self) -> (&'static str, &'static str) {
+        match self.name.split_once('-') {
+            Some((provider, "tts")) => (provider, "tts"),
+            Some((provider, _)) => (provider, "stt"),
+            None => (self.name, "stt"),
+        }
     }
 
     /// The last error seen (for logs).

@@ -775,6 +775,8 @@ impl Driver {
                     if !self.yielded && self.inner.options.retry.allows(self.retries) =>
                 {
                     let delay = self.inner.options.retry.delay_with_hint(self.retries, hint);
+                    micdrop_core::telemetry::provider_error(&self.inner.options.name, "llm");
+                    micdrop_core::telemetry::provider_retry(&self.inner.options.name, "llm");
                     tracing::warn!(
                         model = %self.inner.options.name,
                         error = %kind,
@@ -787,6 +789,7 @@ impl Driver {
                     tokio::time::sleep(delay).await;
                 }
                 Step::Retry(kind, _) => {
+                    micdrop_core::telemetry::provider_error(&self.inner.options.name, "llm");
                     self.done = true;
                     let kind = if self.yielded {
                         kind
@@ -799,6 +802,7 @@ impl Driver {
                     return Some((Err(self.err(kind)), self));
                 }
                 Step::Fatal(kind) => {
+                    micdrop_core::telemetry::provider_error(&self.inner.options.name, "llm");
                     self.done = true;
                     return Some((Err(self.err(kind)), self));
                 }
@@ -810,6 +814,7 @@ impl Driver {
 async fn connect(inner: Arc<Inner>, body: Arc<Value>) -> Result<EventStream, Step> {
     {
         let o = &inner.options;
+        micdrop_core::telemetry::provider_request(&o.name, "llm");
         let mut req = inner
             .client
             .post(inner.endpoint.clone())

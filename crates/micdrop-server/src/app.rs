@@ -33,6 +33,10 @@ pub enum AppError {
     /// A provider could not be built.
     #[error("providers: {0}")]
     Providers(String),
+    /// A webhook tool, an MCP server, `[params]` or a prompt template is wrong (or an MCP
+    /// server did not start).
+    #[error(transparent)]
+    Tools(#[from] micdrop_tools::ToolsError),
     /// The simulator script is wrong.
     #[error("simulator script: {0}")]
     Sim(String),
@@ -72,6 +76,8 @@ pub struct App {
     pub sim: Option<SimHandle>,
     /// The WebSocket path.
     pub path: String,
+    /// The webhook tools and MCP servers (stopped by [`App::shutdown`]).
+    pub tools: Option<Arc<micdrop_tools::ToolSet>>,
     /// How long a drain waits for calls in progress (`[server] drain_timeout_secs`).
     pub drain_timeout: Duration,
     /// The conversation store (`[store]`).
@@ -118,9 +124,13 @@ impl App {
         let providers = providers_config
             .build()
             .map_err(|e| AppError::Providers(e.to_string()))?;
+        let tool_endpoints = micdrop_tools::ToolSet::endpoints(&config.tools, &config.mcp)?;
+        crate::agents::check_tool_endpoints(&config.sovereignty, &tool_endpoints)
+            .map_err(AppError::Sovereignty)?;
         let hosts: Vec<String> = providers_config
             .endpoints()
             .iter()
+            .chain(tool_endpoints.iter().map(|(_, url)| url))
             .filter_map(|u| {
                 u.host_str().map(|h| match u.port() {
                     Some(p) => format!("{h}:{p}"),
@@ -128,27 +138,33 @@ impl App {
                 })
             })
             .collect();
-        let agent =
-            (!config.call.dictation).then(|| build_agent(&config.call, providers.model.clone()));
         let mut template = CallConfig::new(providers.stt.clone())
             .partial_messages(config.call.partial_messages)
             .generate_first_message(config.call.generate_first_message)
             .idle_timeout(config.server.idle_timeout())
             .audio_lead(config.call.audio_lead());
-        if let Some(agent) = agent {
-            template = template.agent(agent);
-        }
         if let Some(tts) = providers.tts.clone() {
             template = template.tts(tts);
         }
-        if let Some(first) = config
-            .call
-            .first_message
-            .clone()
-            .filter(|t| !t.trim().is_empty())
-        {
-            template = template.first_message(first);
-        }
+        let (host, tools) = if config.call.dictation {
+            if let Some(first) = config
+                .call
+                .first_message
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+            {
+                template = template.first_message(first);
+            }
+            (None, None)
+        } else {
+            let (host, tools) = crate::agents::agent_host(
+                &config,
+                build_agent(&config.call, providers.model.clone()),
+            )
+            .await?;
+            (Some(host), Some(tools))
+        };
+        let requires_params = host.as_ref().is_some_and(|h| h.requires_params());
         let store = match &config.store {
             Some(sc) => Some(
                 micdrop_store::CallStore::start(sc.clone())
@@ -161,13 +177,25 @@ impl App {
             store,
             provider_hosts: hosts.clone(),
         });
-        let factory: crate::server::CallFactory = Arc::new(move |_params| {
+        let factory: crate::server::CallFactory = Arc::new(move |params| {
+            let mut config = template.clone();
+            if let Some(host) = &host {
+                // The call's id, known before the call starts so that its tools send it
+                // (`X-Micdrop-Call-Id`) and its log lines carry the same one.
+                let call_id = uuid::Uuid::new_v4().to_string();
+                let (agent, first) = host.for_call(params, Some(&call_id))?;
+                config = config.agent(agent).call_id(call_id);
+                if let Some(first) = first {
+                    config = config.first_message(first);
+                }
+            }
             // The EU data policy's audit line: which hosts this call reaches (never keys or
             // content).
             info!(hosts = ?hosts, "call providers");
-            Ok(template.clone())
+            Ok(config)
         });
         let mut options = ServerOptions::new(factory);
+        options.require_params = requires_params;
         options.path = config.server.path.clone();
         options.max_frame_bytes = config.server.max_frame_bytes;
         options.max_calls = config.server.max_calls;
@@ -214,17 +242,24 @@ impl App {
             )))
         })?;
         crate::http::raise_nofile_limit();
-        let server = start(addr, options)
-            .await
-            .map_err(|source| AppError::Listen {
-                addr: config.server.listen.clone(),
-                source,
-            })?;
+        let server = match start(addr, options).await {
+            Ok(server) => server,
+            Err(source) => {
+                if let Some(tools) = &tools {
+                    tools.shutdown().await;
+                }
+                return Err(AppError::Listen {
+                    addr: config.server.listen.clone(),
+                    source,
+                });
+            }
+        };
         Ok(App {
             server,
             sim,
             drain_timeout: config.server.drain_timeout(),
             path: config.server.path,
+            tools,
             store,
         })
     }
@@ -237,6 +272,9 @@ impl App {
     /// Stops the server (calls close with 1001 and get their end), then the simulators.
     pub async fn shutdown(self, grace: Duration) {
         self.server.shutdown(grace).await;
+        if let Some(tools) = &self.tools {
+            tools.shutdown().await;
+        }
         if let Some(store) = self.store {
             // Queued writes (the calls' ends) are written before exit.
             store.shutdown(Duration::from_secs(5)).await;

@@ -27,6 +27,17 @@
 //! max_steps = 5
 //! audio_lead_ms = 500            # assistant audio paced at real time + this lead; 0: unpaced
 //!
+//! extract = { json = true, description = "..." }   # optional: [call.extract]
+//!
+//! [params]                        # optional: JSON Schema of the first frame's params
+//! type = "object"
+//! properties = { name = { type = "string" } }
+//!
+//! [[tools]]                       # webhook tools; [[mcp]]: MCP servers (docs/agents.md)
+//! name = "get_weather"
+//! description = "..."
+//! url = "https://tools.example.eu/weather"
+//!
 //! [auth]                          # optional section
 //! bearer_tokens = ["..."]         # params {"authorization": "Bearer <token>"} then required
 //! bearer_tokens_env = "MICDROP_BEARER_TOKENS"  # comma-separated tokens from the environment
@@ -230,6 +241,8 @@ pub struct CallSection {
     pub max_steps: usize,
     /// Without an agent: dictation (every transcript answered with `SkipAnswer`).
     pub dictation: bool,
+    /// `[call.extract]`: structured data at the end of answers (see docs/agents.md).
+    pub extract: Option<micdrop_tools::config::ExtractConfig>,
     /// Assistant audio is sent at real time plus this lead (ms); 0 sends it as fast as the TTS
     /// produces it.
     pub audio_lead_ms: u64,
@@ -254,6 +267,7 @@ impl Default for CallSection {
             auto_ignore_user_noise: ToolToggle::default(),
             max_steps: micdrop_core::agent::DEFAULT_MAX_STEPS,
             dictation: false,
+            extract: None,
             audio_lead_ms: micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64,
         }
     }
@@ -343,6 +357,13 @@ pub struct Config {
     pub sim: Option<toml::Table>,
     /// `[telemetry]`: metrics and traces (see docs/deploy.md).
     pub telemetry: crate::telemetry::TelemetrySection,
+    /// `[[tools]]`: webhook tools (see docs/agents.md).
+    pub tools: Vec<micdrop_tools::config::WebhookToolConfig>,
+    /// `[[mcp]]`: MCP servers whose tools the agent may call (see docs/agents.md).
+    pub mcp: Vec<micdrop_tools::config::McpServerConfig>,
+    /// `[params]`: the JSON Schema of the params a client sends in its first frame; the
+    /// prompt templates see them as `params` (see docs/agents.md).
+    pub params: Option<micdrop_tools::config::ParamsConfig>,
 }
 
 impl Config {
@@ -413,6 +434,14 @@ impl Config {
         if let Some(sim) = &self.sim {
             sim.validate()
                 .map_err(|e| ConfigError::Invalid(format!("[sim] {e}")))?;
+        }
+        if self.call.dictation && (!self.tools.is_empty() || !self.mcp.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "[[tools]] and [[mcp]] need an agent: [call] dictation = true has none".into(),
+            ));
+        }
+        if let Some(extract) = &self.call.extract {
+            extract.to_extract().map_err(ConfigError::Invalid)?;
         }
         if let Some(store) = &self.store {
             store.validate().map_err(ConfigError::Invalid)?;

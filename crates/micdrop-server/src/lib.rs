@@ -13,6 +13,7 @@
 //! `assets/`). [`drain`]: the graceful drain on SIGTERM/SIGINT.
 
 pub mod admin;
+pub mod agents;
 pub mod app;
 pub mod config;
 pub mod drain;

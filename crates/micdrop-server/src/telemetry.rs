@@ -93,6 +93,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             let handle = builder.install_recorder().ok()?;
             describe();
             metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Present from the start (at 0): the autoscaler reads it before any call.
+            metrics::gauge!(names::CALLS_ACTIVE).increment(0.0);
             // Histograms buffer their samples until upkeep folds them into buckets: run it
             // even if nobody scrapes, so memory stays bounded.
             let upkeep = handle.clone();

@@ -24,9 +24,12 @@ fn tone_frame(offset: usize) -> Vec<u8> {
 async fn start_app(config_toml: &str) -> App {
     let mut config = Config::from_toml(config_toml, "test.toml").unwrap();
     config.server.listen = "127.0.0.1:0".into();
-    let script = SimScript::from_toml_str("[sim]\ntranscripts = [\"Quelle heure est-il ?\"]\n")
-        .unwrap()
-        .zero_delay();
+    let script = SimScript::from_toml_str(
+        "[sim]\ntranscripts = [\"Quelle heure est-il ?\"]\n\
+         [sim.mistral]\nfaults = [{ kind = \"status\", status = 503, times = 1 }]\n",
+    )
+    .unwrap()
+    .zero_delay();
     App::start(config, Some(script)).await.unwrap()
 }
 
@@ -124,6 +127,41 @@ async fn metrics_after_real_calls() {
         Some(1.0),
         "{text}"
     );
+    // The providers: the model's first attempt got a 503 and was retried; STT and TTS
+    // sessions were opened through the real clients.
+    assert_eq!(
+        sample(
+            &text,
+            r#"micdrop_provider_requests_total{provider="mistral",kind="llm"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"micdrop_provider_errors_total{provider="mistral",kind="llm"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"micdrop_provider_retries_total{provider="mistral",kind="llm"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for series in [
+        r#"micdrop_provider_requests_total{provider="gladia",kind="stt"}"#,
+        r#"micdrop_provider_requests_total{provider="gradium",kind="tts"}"#,
+    ] {
+        assert!(
+            sample(&text, series).unwrap_or(0.0) >= 1.0,
+            "{series}: {text}"
+        );
+    }
     let secs = sample(&text, "micdrop_call_duration_seconds_sum").unwrap();
     assert!(secs > 0.0 && secs < 60.0, "{secs}");
     app.shutdown(Duration::from_secs(3)).await;

@@ -42,6 +42,36 @@ pub const IGNORE_USER_NOISE_DESCRIPTION: &str = "Call this tool only if the last
 pub type ToolHandler =
     Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
 
+tokio::task_local! {
+    static CALL_ID: Arc<str>;
+}
+
+/// Runs `fut` (an answer, a tool handler) on behalf of the call `call_id`: inside it,
+/// [`current_call_id`] returns that id. The call engine wraps each answer with it, so that tool
+/// handlers can tell their callee which call they serve (webhooks send `X-Micdrop-Call-Id`).
+pub async fn scope_call_id<F: std::future::Future>(
+    call_id: impl Into<Arc<str>>,
+    fut: F,
+) -> F::Output {
+    CALL_ID.scope(call_id.into(), fut).await
+}
+
+/// The id of the call this task works for (inside [`scope_call_id`]), if any.
+pub fn current_call_id() -> Option<Arc<str>> {
+    CALL_ID.try_with(Arc::clone).ok()
+}
+
+/// The value extracted by the last assistant answer that carried one (`metadata.extracted`,
+/// see [`Extract`]), e.g. from a call's end conversation.
+pub fn last_extracted(conversation: &[ConversationItem]) -> Option<&Value> {
+    conversation.iter().rev().find_map(|item| match item {
+        ConversationItem::Assistant {
+            metadata: Some(m), ..
+        } => m.get("extracted"),
+        _ => None,
+    })
+}
+
 /// A tool the model may call.
 #[derive(Clone)]
 pub struct Tool {
@@ -190,6 +220,12 @@ impl Agent {
     /// The system prompt (the first item of every call's conversation).
     pub fn system_prompt(&self) -> &str {
         &self.system_prompt
+    }
+
+    /// Replaces the system prompt (e.g. one rendered from a call's params).
+    pub fn with_system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.system_prompt = prompt.into();
+        self
     }
 
     /// The model's name.
