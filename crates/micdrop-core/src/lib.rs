@@ -42,6 +42,7 @@ pub mod call;
 pub mod call_budget;
 pub mod conversation;
 pub mod error;
+pub mod lean_io;
 pub mod params;
 pub mod protocol;
 pub mod socket;

@@ -138,7 +138,8 @@ where
 struct FailFastStream<S, T, E> {
     inner: S,
     done: bool,
-    convert: fn(T) -> WsMessage,
+    /// `None`: an item that is not a message (skipped).
+    convert: fn(T) -> Option<WsMessage>,
     error: fn(E) -> SocketError,
 }
 
@@ -149,21 +150,26 @@ where
     type Item = Result<WsMessage, SocketError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let item = futures::ready!(Pin::new(&mut self.inner).poll_next(cx));
+            return Poll::Ready(match item {
+                Some(Ok(m)) => match (self.convert)(m) {
+                    Some(m) => Some(Ok(m)),
+                    None => continue,
+                },
+                Some(Err(e)) => {
+                    self.done = true;
+                    Some(Err((self.error)(e)))
+                }
+                None => {
+                    self.done = true;
+                    None
+                }
+            });
         }
-        let item = futures::ready!(Pin::new(&mut self.inner).poll_next(cx));
-        Poll::Ready(match item {
-            Some(Ok(m)) => Some(Ok((self.convert)(m))),
-            Some(Err(e)) => {
-                self.done = true;
-                Some(Err((self.error)(e)))
-            }
-            None => {
-                self.done = true;
-                None
-            }
-        })
     }
 }
 
@@ -237,15 +243,70 @@ mod axum_adapter {
         let stream = FailFastStream {
             inner: stream,
             done: false,
-            convert: from_axum,
+            convert: |m| Some(from_axum(m)),
             error: from_axum_error,
+        };
+        (Box::pin(sink), Box::pin(stream))
+    }
+
+    fn to_tungstenite(msg: WsMessage) -> tungstenite::Message {
+        use tungstenite::protocol::CloseFrame;
+        match msg {
+            WsMessage::Text(t) => tungstenite::Message::Text(t.into()),
+            WsMessage::Binary(b) => tungstenite::Message::Binary(b),
+            WsMessage::Ping(b) => tungstenite::Message::Ping(b),
+            WsMessage::Pong(b) => tungstenite::Message::Pong(b),
+            WsMessage::Close(c) => {
+                tungstenite::Message::Close(c.map(|(code, reason)| CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                }))
+            }
+        }
+    }
+
+    fn from_tungstenite_message(msg: tungstenite::Message) -> Option<WsMessage> {
+        Some(match msg {
+            tungstenite::Message::Text(t) => WsMessage::Text(t.as_str().to_owned()),
+            tungstenite::Message::Binary(b) => WsMessage::Binary(b),
+            tungstenite::Message::Ping(b) => WsMessage::Ping(b),
+            tungstenite::Message::Pong(b) => WsMessage::Pong(b),
+            tungstenite::Message::Close(c) => {
+                WsMessage::Close(c.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
+            }
+            // Raw frames are never read (only written by applications that want to).
+            tungstenite::Message::Frame(_) => return None,
+        })
+    }
+
+    /// Splits a tokio-tungstenite WebSocket (e.g. over a [`crate::lean_io::LeanIo`]) into the
+    /// call's sink and stream; the same messages and error classification as
+    /// [`axum_socket`].
+    pub fn tungstenite_socket<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+    ) -> (SocketSink, SocketStream)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sink, stream) = ws.split();
+        let sink = FailFastSink {
+            inner: sink,
+            failed: false,
+            convert: to_tungstenite,
+            error: from_tungstenite,
+        };
+        let stream = FailFastStream {
+            inner: stream,
+            done: false,
+            convert: from_tungstenite_message,
+            error: from_tungstenite,
         };
         (Box::pin(sink), Box::pin(stream))
     }
 }
 
 #[cfg(feature = "axum")]
-pub use axum_adapter::{axum_socket, from_tungstenite};
+pub use axum_adapter::{axum_socket, from_tungstenite, tungstenite_socket};
 
 /// A socket made of two channels, for tests and in-process use: returns the call's halves and
 /// the peer's halves (what the peer sends, what the call sent).

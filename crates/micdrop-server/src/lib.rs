@@ -24,6 +24,7 @@ pub mod persist;
 pub mod server;
 pub mod sim;
 pub mod telemetry;
+mod upgrade;
 
 pub use app::{App, AppError, build_agent};
 pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

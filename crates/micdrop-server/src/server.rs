@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +13,7 @@ use axum::routing::get;
 use micdrop_core::call::{CallConfig, CallEnd, reject, run_call};
 use micdrop_core::error::MicdropError;
 use micdrop_core::params::{PARAMS_TIMEOUT, wait_for_params_json};
-use micdrop_core::socket::axum_socket;
+use micdrop_core::socket::{SocketSink, SocketStream};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -26,8 +25,7 @@ use crate::config::{DEFAULT_MAX_CALLS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
 use crate::guard::{GuardOptions, Guards};
 use crate::telemetry::{self, ActiveCall, MetricsEndpoint};
 
-/// Read buffer of each call's WebSocket (bytes).
-pub const SOCKET_READ_BUFFER: usize = 4096;
+pub use crate::upgrade::SOCKET_READ_BUFFER;
 
 mod assets {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -259,7 +257,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 }
 
 async fn call_handler(
-    ws: WebSocketUpgrade,
+    ws: crate::upgrade::CallUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -294,41 +292,38 @@ async fn call_handler(
     let max = state.options.max_frame_bytes;
     let tracker = state.tracker.clone();
     // Small socket buffers: tungstenite's defaults (128 KiB each way) would cost far more
-    // memory per idle call than the call itself. Reads grow in 4 KiB steps as needed; writes
-    // go out frame by frame (audio frames are written as they come anyway).
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(SOCKET_READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                // Every line of the call carries the client's address (at every level).
-                handle_socket(state, socket, client)
-                    .instrument(tracing::error_span!("client", addr = %client))
-                    .await;
-                drop(ip_permit);
-                drop(permit);
-            })
+    // memory per idle call than the call itself (see `crate::upgrade`).
+    ws.on_upgrade(crate::upgrade::socket_config(max), move |sink, stream| {
+        tracker.track_future(async move {
+            // Every line of the call carries the client's address (at every level).
+            handle_socket(state, sink, stream, client)
+                .instrument(tracing::error_span!("client", addr = %client))
+                .await;
+            drop(ip_permit);
+            drop(permit);
         })
+    })
 }
 
 async fn handle_socket(
     state: Arc<AppState>,
-    socket: axum::extract::ws::WebSocket,
+    sink: SocketSink,
+    mut stream: SocketStream,
     client: std::net::IpAddr,
 ) {
     // In the active-calls gauge from the upgrade on (params included), out when dropped.
+    // The phases before and after the call (params, store, rejections) are boxed when they
+    // run: the future of a call in progress, held by every idle call, stays small.
     let active = ActiveCall::start();
-    let (sink, mut stream) = axum_socket(socket);
     let opts = &state.options;
     let auth = !opts.bearer_tokens.is_empty();
     let params = if let (Some(hook), false) = (&opts.store, opts.require_params || auth) {
         let wait = Duration::from_millis(hook.store.config().params_wait_ms);
-        let (params, rest) = crate::persist::optional_params(stream, wait).await;
+        let (params, rest) = Box::pin(crate::persist::optional_params(stream, wait)).await;
         stream = rest;
         params
     } else if opts.require_params || auth {
-        match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
+        match Box::pin(wait_for_params_json(&mut stream, PARAMS_TIMEOUT)).await {
             Ok(p) => Some(p),
             Err(e) => {
                 if auth && e == MicdropError::invalid_params() {
@@ -336,7 +331,7 @@ async fn handle_socket(
                 }
                 info!(%client, code = e.code, reason = %e.message, "call rejected");
                 telemetry::call_rejected();
-                reject(sink, &e).await;
+                Box::pin(reject(sink, &e)).await;
                 return;
             }
         }
@@ -348,7 +343,7 @@ async fn handle_socket(
             state.guards.auth_failed(client);
             info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
-            reject(sink, &e).await;
+            Box::pin(reject(sink, &e)).await;
             return;
         }
     }
@@ -357,18 +352,18 @@ async fn handle_socket(
         Err(e) => {
             info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
-            reject(sink, &e).await;
+            Box::pin(reject(sink, &e)).await;
             return;
         }
     };
     let mut config = config.shutdown(state.shutdown.child_token());
     let mut session = None;
     if let Some(hook) = &opts.store {
-        match crate::persist::begin(hook, config, params.as_ref()).await {
+        match Box::pin(crate::persist::begin(hook, config, params.as_ref())).await {
             Ok((c, s)) => (config, session) = (c, Some(s)),
             Err(e) => {
                 telemetry::call_rejected();
-                reject(sink, &e).await;
+                Box::pin(reject(sink, &e)).await;
                 return;
             }
         }
@@ -376,7 +371,7 @@ async fn handle_socket(
     let end = run_call(config, sink, stream).await;
     active.end(&end.reason);
     if let Some(session) = session {
-        session.finish(&end).await;
+        Box::pin(session.finish(&end)).await;
     }
     if let Some(hook) = &opts.on_end {
         hook(end);

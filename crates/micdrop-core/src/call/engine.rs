@@ -27,7 +27,6 @@ use crate::protocol::{
 use crate::socket::{SocketError, SocketSink, SocketStream};
 use crate::stt::{STT_COMMAND_CAPACITY, SttCommand, SttEvent, SttSessionIo};
 use crate::telemetry::{self, Stage};
-use crate::time::sleep_until;
 use crate::tts::{
     TTS_COMMAND_CAPACITY, TTS_EVENT_CAPACITY, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId,
 };
@@ -84,7 +83,8 @@ pub(super) struct CallTask {
     predictions: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
     next_utterance: UtteranceId,
     outbox: Outbox,
-    control: mpsc::Receiver<Control>,
+    /// Commands of the embedding code (`None` for [`super::run_call`]: no handle, no channel).
+    control: Option<mpsc::Receiver<Control>>,
     stt: Option<Session<SttCommand, SttEvent>>,
     tts: Option<Session<TtsCommand, TtsEvent>>,
     providers: Vec<JoinHandle<()>>,
@@ -95,7 +95,7 @@ impl CallTask {
         config: CallConfig,
         id: String,
         sink: SocketSink,
-        control: mpsc::Receiver<Control>,
+        control: Option<mpsc::Receiver<Control>>,
     ) -> Self {
         let mut conversation = match &config.agent {
             Some(agent) => Conversation::with_system(agent.system_prompt()),
@@ -170,7 +170,11 @@ impl CallTask {
         });
     }
 
-    pub(super) async fn run(mut self, mut stream: SocketStream) -> CallEnd {
+    /// Runs the call to its end. The task is boxed and the end of the call (`finish`) is
+    /// boxed when it comes: the future of an idle call stays small (it is most of an idle
+    /// call's memory), and its timers are one `Sleep` (the earliest deadline) instead of one
+    /// per deadline.
+    pub(super) async fn run(mut self: Box<Self>, mut stream: SocketStream) -> CallEnd {
         info!(
             stt = self.config.stt.name(),
             tts = self.config.tts.as_ref().map(|t| t.name()),
@@ -179,36 +183,56 @@ impl CallTask {
         );
         self.first_message();
 
-        let idle = tokio::time::sleep(self.config.idle_timeout);
-        tokio::pin!(idle);
+        let mut idle_at = tokio::time::Instant::now() + self.config.idle_timeout;
+        let timer = tokio::time::sleep_until(idle_at);
+        tokio::pin!(timer);
         let shutdown = self.config.shutdown.clone();
+        // One registration for the whole call (a fresh future per wake-up would register again).
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let mut client_close = None;
         let (reason, close): (EndReason, Option<(u16, String)>) = loop {
             let now = tokio::time::Instant::now();
             let write_due = self.outbox.is_due(now);
             let pace = self.outbox.pace_deadline(now);
             let read_tts = self.outbox.wants_audio();
-            let transcript_deadline = self.user.transcript_deadline;
-            let held_deadline = self.user.held_deadline;
+            let next = [pace, self.user.transcript_deadline, self.user.held_deadline]
+                .into_iter()
+                .flatten()
+                .fold(idle_at, std::cmp::Ord::min);
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
             let wake = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Wake::Shutdown,
+                _ = &mut cancelled => Wake::Shutdown,
                 // Client frames first: an interruption is handled before any queued audio.
                 msg = stream.next() => Wake::Client(msg),
-                Some(control) = self.control.recv() => Wake::Control(control),
+                Some(control) = recv_opt(self.control.as_mut()) => Wake::Control(control),
                 ev = recv_answer(&mut self.answer) => Wake::Agent(ev),
                 Some(ev) = recv_opt(self.tts.as_mut().map(|s| &mut s.events)), if read_tts => {
                     Wake::Tts(ev)
                 }
                 Some(ev) = recv_opt(self.stt.as_mut().map(|s| &mut s.events)) => Wake::Stt(ev),
                 r = self.outbox.write(), if write_due => Wake::Written(r),
-                _ = sleep_until(pace) => Wake::Paced,
                 Some((seq, complete)) = recv_opt(self.predictions.as_mut().map(|p| &mut p.1)) => {
                     Wake::Prediction(seq, complete)
                 }
-                _ = sleep_until(transcript_deadline) => Wake::TranscriptTimeout,
-                _ = sleep_until(held_deadline) => Wake::HeldTurnExpired,
-                _ = &mut idle => Wake::Idle,
+                _ = &mut timer => {
+                    // The earliest due deadline, in this order; the others fire at the next
+                    // turn of the loop.
+                    let now = tokio::time::Instant::now();
+                    let due = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
+                    if due(self.user.transcript_deadline) {
+                        Wake::TranscriptTimeout
+                    } else if due(self.user.held_deadline) {
+                        Wake::HeldTurnExpired
+                    } else if idle_at <= now {
+                        Wake::Idle
+                    } else {
+                        Wake::Paced
+                    }
+                }
             };
             match wake {
                 Wake::Shutdown => {
@@ -218,8 +242,7 @@ impl CallTask {
                     );
                 }
                 Wake::Client(msg) => {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + self.config.idle_timeout);
+                    idle_at = tokio::time::Instant::now() + self.config.idle_timeout;
                     match msg {
                         None => break (EndReason::ClientClosed, None),
                         Some(Err(e)) => {
@@ -277,12 +300,12 @@ impl CallTask {
             }
         };
         self.report_latencies(None);
-        self.finish(reason, close, client_close).await
+        Box::pin(self.finish(reason, close, client_close)).await
     }
 
     /// Releases the answer and the providers, writes what is queued, closes the socket.
     async fn finish(
-        self,
+        self: Box<Self>,
         reason: EndReason,
         close: Option<(u16, String)>,
         client_close: Option<(u16, String)>,
@@ -297,7 +320,7 @@ impl CallTask {
             tts,
             providers,
             ..
-        } = self;
+        } = *self;
         drop(answer);
         // Closing the command channels ends the provider sessions: give them a moment to close
         // their provider connections cleanly (end the STT session, close the sockets), then

@@ -300,9 +300,8 @@ impl CallHandle {
 
 /// Runs a call to its end on a socket (params, if any, already consumed).
 pub async fn run_call(config: CallConfig, sink: SocketSink, stream: SocketStream) -> CallEnd {
-    let (handle, fut) = start_call(config, sink, stream);
-    drop(handle);
-    fut.await
+    // No handle: no control channel either (it would cost memory for every call).
+    call_future(config, sink, stream, None).await
 }
 
 /// Prepares a call: returns a handle to drive it and the future that runs it.
@@ -312,19 +311,30 @@ pub fn start_call(
     stream: SocketStream,
 ) -> (CallHandle, impl Future<Output = CallEnd> + Send) {
     let (tx, rx) = mpsc::channel(16);
+    (
+        CallHandle { tx },
+        call_future(config, sink, stream, Some(rx)),
+    )
+}
+
+fn call_future(
+    config: CallConfig,
+    sink: SocketSink,
+    stream: SocketStream,
+    control: Option<mpsc::Receiver<Control>>,
+) -> impl Future<Output = CallEnd> + Send {
     let id = config
         .call_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // At error level: the span, and so the call_id, is on every line at every log level.
     let span = tracing::error_span!("call", call_id = %id);
-    let fut = async move {
-        engine::CallTask::new(config, id, sink, rx)
+    async move {
+        Box::new(engine::CallTask::new(config, id, sink, control))
             .run(stream)
             .await
     }
-    .instrument(span);
-    (CallHandle { tx }, fut)
+    .instrument(span)
 }
 
 /// Closes a socket with a Micdrop error (4400, 4401, ...): sends a real close frame with the

@@ -342,3 +342,20 @@ fn gradium_base_with_or_without_api_prefix() {
         );
     }
 }
+
+#[test]
+fn provider_sessions_are_on_demand_by_default() {
+    // Issue #10: an idle call holds no provider session (and no provider concurrency slot).
+    let c = ProvidersConfig::default();
+    for (name, policy) in [
+        ("gladia", c.stt.gladia.link_policy()),
+        ("gradium stt", c.stt.gradium.link_policy()),
+        (
+            "gradium tts",
+            crate::gradium::GradiumTtsConfig::default().link_policy(),
+        ),
+    ] {
+        assert!(!policy.eager, "{name}: opened before it is needed");
+        assert!(policy.idle_close.is_some(), "{name}: kept open when idle");
+    }
+}

@@ -88,7 +88,8 @@ pub struct GladiaConfig {
     pub keepalive_ms: u64,
     /// Open the provider session only when needed (STT: when the user starts speaking, audio
     /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
+    /// without work. Default `true` (an idle call holds no provider session); `false`: opened
+    /// when the call first needs it and kept open.
     pub on_demand: bool,
     /// With `on_demand`: close the session after this long without work.
     pub idle_close_ms: u64,
@@ -116,7 +117,7 @@ impl Default for GladiaConfig {
             retry_delay_ms: 1000,
             max_retry_delay_ms: 8000,
             keepalive_ms: 10_000,
-            on_demand: false,
+            on_demand: true,
             idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
         }
     }

@@ -107,7 +107,8 @@ pub struct GradiumSttConfig {
     pub max_retry_delay_ms: u64,
     /// Open the provider session only when needed (STT: when the user starts speaking, audio
     /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
+    /// without work. Default `true` (an idle call holds no provider session); `false`: opened
+    /// when the call first needs it and kept open.
     pub on_demand: bool,
     /// With `on_demand`: close the session after this long without work.
     pub idle_close_ms: u64,
@@ -132,7 +133,7 @@ impl Default for GradiumSttConfig {
             max_retries: 3,
             retry_delay_ms: 1000,
             max_retry_delay_ms: 8000,
-            on_demand: false,
+            on_demand: true,
             idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
             max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
         }
@@ -216,7 +217,8 @@ pub struct GradiumTtsConfig {
     pub max_retry_delay_ms: u64,
     /// Open the provider session only when needed (STT: when the user starts speaking, audio
     /// buffered meanwhile; TTS: when there is text to say) and close it after `idle_close_ms`
-    /// without work. Default `false`: opened when the call starts and kept open.
+    /// without work. Default `true` (an idle call holds no provider session); `false`: opened
+    /// when the call first needs it and kept open.
     pub on_demand: bool,
     /// With `on_demand`: close the session after this long without work.
     pub idle_close_ms: u64,
@@ -246,7 +248,7 @@ impl Default for GradiumTtsConfig {
             max_retries: 3,
             retry_delay_ms: 500,
             max_retry_delay_ms: 8000,
-            on_demand: false,
+            on_demand: true,
             idle_close_ms: DEFAULT_IDLE_CLOSE_MS,
             max_session_age_ms: DEFAULT_GRADIUM_MAX_AGE_MS,
         }

@@ -1,0 +1,178 @@
+//! [`LeanIo`]: a socket wrapper whose read buffer exists only while it holds data.
+//!
+//! A WebSocket library reads its socket through a buffer of its own; tungstenite allocates it
+//! when the connection opens and keeps it for the connection's life, and its size also caps
+//! each read (`read_buffer_size`). With a 4 KiB buffer, an idle call holds 4 KiB for nothing;
+//! with a small one, a 100 ms audio frame (3.2 KB) takes several `recv` system calls.
+//!
+//! `LeanIo` sits below the library: the library keeps a small buffer (e.g. 512 bytes), and
+//! each read that finds `LeanIo` empty takes up to [`LEAN_IO_CHUNK`] bytes from the socket in
+//! one system call (into a stack buffer), hands the library what it asked for and keeps the
+//! rest in a heap buffer of exactly that size, freed as soon as it has been read. An idle
+//! connection holds no read buffer here, and a frame still costs one system call.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Most bytes taken from the socket by one read.
+pub const LEAN_IO_CHUNK: usize = 8192;
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct LeanIo<T> {
+    inner: T,
+    /// Bytes read from the socket and not handed out yet (from `pos`); empty, and without an
+    /// allocation, when there are none.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<T> LeanIo<T> {
+    /// Wraps `inner`; `already_read` are bytes taken from it before (e.g. by the HTTP layer)
+    /// that come first.
+    pub fn new(inner: T, already_read: &[u8]) -> Self {
+        Self {
+            inner,
+            buf: already_read.to_vec(),
+            pos: 0,
+        }
+    }
+
+    /// Bytes held in the buffer (a test figure).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Capacity of the buffer (0 when it holds nothing).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Copies buffered bytes to `dst`; frees the buffer once it is drained.
+    fn drain_into(&mut self, dst: &mut ReadBuf<'_>) {
+        let n = dst.remaining().min(self.buf.len() - self.pos);
+        dst.put_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if dst.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.pos < this.buf.len() {
+            this.drain_into(dst);
+            return Poll::Ready(Ok(()));
+        }
+        if dst.remaining() >= LEAN_IO_CHUNK {
+            return Pin::new(&mut this.inner).poll_read(cx, dst);
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); LEAN_IO_CHUNK];
+        let mut tmp = ReadBuf::uninit(&mut chunk);
+        futures::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut tmp))?;
+        let got = tmp.filled();
+        let n = dst.remaining().min(got.len());
+        dst.put_slice(&got[..n]);
+        if n < got.len() {
+            this.buf = got[n..].to_vec();
+            this.pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for LeanIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn small_reads_take_one_chunk_and_the_buffer_is_freed_when_drained() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut io = LeanIo::new(ours, b"ab");
+        let frame: Vec<u8> = (0..3214u32).map(|i| i as u8).collect();
+        peer.write_all(&frame).await.unwrap();
+        let mut out = Vec::new();
+        let mut small = [0u8; 512];
+        // The bytes read before come first.
+        let n = io.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"ab");
+        assert_eq!(io.buffer_capacity(), 0);
+        while out.len() < frame.len() {
+            let n = io.read(&mut small).await.unwrap();
+            assert!(n > 0);
+            out.extend_from_slice(&small[..n]);
+            if out.len() == 512 {
+                // The first read took the whole frame from the socket.
+                assert_eq!(io.buffered(), frame.len() - 512);
+            }
+        }
+        assert_eq!(out, frame);
+        assert_eq!(io.buffered(), 0);
+        assert_eq!(io.buffer_capacity(), 0, "drained: no buffer held");
+        // Writes go through; the end of the stream is seen.
+        io.write_all(b"pong").await.unwrap();
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        drop(peer);
+        assert_eq!(io.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn large_reads_go_straight_to_the_socket() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut io = LeanIo::new(ours, &[]);
+        let data = vec![7u8; 20_000];
+        peer.write_all(&data).await.unwrap();
+        let mut big = vec![0u8; LEAN_IO_CHUNK * 3];
+        let mut got = 0;
+        while got < data.len() {
+            got += io.read(&mut big[got..]).await.unwrap();
+            assert_eq!(io.buffer_capacity(), 0);
+        }
+    }
+}
