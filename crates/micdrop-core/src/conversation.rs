@@ -170,6 +170,8 @@ impl Conversation {
     /// A conversation starting with a system prompt.
     pub fn with_system(prompt: impl Into<String>) -> Self {
         let mut c = Self::new();
+        // Exactly one item: an idle call's conversation holds no spare capacity.
+        c.items.reserve_exact(1);
         c.push(ConversationItem::system(prompt));
         c
     }

@@ -368,6 +368,8 @@ async fn handle_socket(
             }
         }
     }
+    // Not held for the call's life (it is in the config already, if needed).
+    drop(params);
     let end = run_call(config, sink, stream).await;
     active.end(&end.reason);
     if let Some(session) = session {

@@ -187,7 +187,9 @@ pub enum AgentEvent {
 pub struct Agent {
     model: Arc<dyn ChatModel>,
     system_prompt: String,
-    tools: Vec<Tool>,
+    /// Shared by the calls' clones (a tool's JSON schema is several allocations); copied on
+    /// write when a call adds its own.
+    tools: Arc<Vec<Tool>>,
     extract: Option<Extract>,
     on_before_answer: Option<BeforeAnswerHook>,
     max_steps: usize,
@@ -210,7 +212,7 @@ impl Agent {
         Self {
             model,
             system_prompt: system_prompt.into(),
-            tools: Vec::new(),
+            tools: Arc::new(Vec::new()),
             extract: None,
             on_before_answer: None,
             max_steps: DEFAULT_MAX_STEPS,
@@ -240,14 +242,17 @@ impl Agent {
 
     /// Adds a tool (replacing one of the same name).
     pub fn tool(mut self, tool: Tool) -> Self {
-        self.tools.retain(|t| t.name != tool.name);
-        self.tools.push(tool);
+        let tools = Arc::make_mut(&mut self.tools);
+        tools.retain(|t| t.name != tool.name);
+        tools.push(tool);
         self
     }
 
     /// Removes a tool by name.
     pub fn remove_tool(mut self, name: &str) -> Self {
-        self.tools.retain(|t| t.name != name);
+        if self.tools.iter().any(|t| t.name == name) {
+            Arc::make_mut(&mut self.tools).retain(|t| t.name != name);
+        }
         self
     }
 

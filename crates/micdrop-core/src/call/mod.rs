@@ -299,9 +299,13 @@ impl CallHandle {
 }
 
 /// Runs a call to its end on a socket (params, if any, already consumed).
-pub async fn run_call(config: CallConfig, sink: SocketSink, stream: SocketStream) -> CallEnd {
+pub fn run_call(
+    config: CallConfig,
+    sink: SocketSink,
+    stream: SocketStream,
+) -> impl Future<Output = CallEnd> + Send {
     // No handle: no control channel either (it would cost memory for every call).
-    call_future(config, sink, stream, None).await
+    call_future(config, sink, stream, None)
 }
 
 /// Prepares a call: returns a handle to drive it and the future that runs it.
@@ -317,24 +321,23 @@ pub fn start_call(
     )
 }
 
+/// The call's future. The call's state is built here and boxed (not moved into the future):
+/// the future of a call, held by every call for its whole life, stays small (see
+/// `engine::CallTask::run`).
 fn call_future(
-    config: CallConfig,
+    mut config: CallConfig,
     sink: SocketSink,
     stream: SocketStream,
     control: Option<mpsc::Receiver<Control>>,
 ) -> impl Future<Output = CallEnd> + Send {
     let id = config
         .call_id
-        .clone()
+        .take()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // At error level: the span, and so the call_id, is on every line at every log level.
     let span = tracing::error_span!("call", call_id = %id);
-    async move {
-        Box::new(engine::CallTask::new(config, id, sink, control))
-            .run(stream)
-            .await
-    }
-    .instrument(span)
+    let task = Box::new(engine::CallTask::new(config, id, sink, control));
+    task.run(stream).instrument(span)
 }
 
 /// Closes a socket with a Micdrop error (4400, 4401, ...): sends a real close frame with the
