@@ -18,7 +18,7 @@ use axum::routing::post;
 use micdrop_server::App;
 use micdrop_server::config::Config;
 use micdrop_sim::SimScript;
-use micdrop_testkit::{Frame, WsClient};
+use micdrop_testkit::{Frame, WsClient, tone_frame};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -70,27 +70,20 @@ async fn receiver() -> (SocketAddr, Shared) {
 }
 
 async fn start_app(telemetry: &str) -> App {
+    let script = SimScript::from_toml_str(&format!("[sim]\ntranscripts = [\"{TRANSCRIPT}\"]\n"))
+        .unwrap()
+        .zero_delay();
+    start_app_with(telemetry, script).await
+}
+
+async fn start_app_with(telemetry: &str, script: SimScript) -> App {
     let toml = format!(
         "[call]\nfirst_message = \"Bonjour.\"\n[auth]\nbearer_tokens = [\"{CALL_TOKEN}\"]\n\
          [telemetry]\n{telemetry}\n"
     );
     let mut config = Config::from_toml(&toml, "test.toml").unwrap();
     config.server.listen = "127.0.0.1:0".into();
-    let script = SimScript::from_toml_str(&format!("[sim]\ntranscripts = [\"{TRANSCRIPT}\"]\n"))
-        .unwrap()
-        .zero_delay();
     App::start(config, Some(script)).await.unwrap()
-}
-
-/// 100 ms of a 440 Hz tone (speech for the simulators' energy detector).
-fn tone_frame(offset: usize) -> Vec<u8> {
-    (0..1600)
-        .flat_map(|i| {
-            let t = (offset * 1600 + i) as f32 / 16_000.0;
-            let s = (t * 440.0 * std::f32::consts::TAU).sin() * 8000.0;
-            (s as i16).to_le_bytes()
-        })
-        .collect()
 }
 
 /// A call with the first message and one spoken, answered turn; returns the answer's text.
@@ -126,7 +119,12 @@ async fn call_with_one_turn(app: &App) -> String {
         "no answer audio: {rest:?}"
     );
     c.close().await;
-    // The server has seen the close and ended the call.
+    wait_call_end(app).await;
+    answer
+}
+
+/// Waits until the server has seen the close and ended the call.
+async fn wait_call_end(app: &App) {
     for _ in 0..500 {
         if app.server.active_calls() == 0 {
             break;
@@ -134,7 +132,6 @@ async fn call_with_one_turn(app: &App) -> String {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(app.server.active_calls(), 0, "the call did not end");
-    answer
 }
 
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
@@ -212,8 +209,10 @@ async fn traces_over_otlp() {
     assert!(app.traces.is_some());
     let answer = call_with_one_turn(&app).await;
     // The shutdown waits for the call's end, then sends the last spans.
+    let t = std::time::Instant::now();
     app.shutdown(Duration::from_secs(5)).await;
-    let got_after_export = {
+    eprintln!("shutdown with a collector: {:?}", t.elapsed());
+    {
         let got = got.lock().unwrap();
         assert!(!got.requests.is_empty(), "nothing exported");
         let resource = &got.requests[0].resource_spans[0].resource;
@@ -316,14 +315,87 @@ async fn traces_over_otlp() {
                 );
             }
         }
-        got.requests.len()
     };
+
+    // 1b. A barge-in: the user speaks again while the model has not answered yet. The first
+    //     turn is interrupted and its model request cancelled; the second ends with the call.
+    *got.lock().unwrap() = Received::default();
+    let slow_model = SimScript::from_toml_str(&format!(
+        "[sim]\ntranscripts = [\"{TRANSCRIPT}\"]\n[sim.mistral]\nttft_ms = 30000\n"
+    ))
+    .unwrap();
+    let app = start_app_with(&format!("otlp_endpoint = \"http://{addr}\""), slow_model).await;
+    let url = format!("ws://{}{}", app.server.local_addr(), app.path);
+    let mut c = WsClient::connect(&url).await;
+    c.text(&format!(r#"{{"authorization":"Bearer {CALL_TOKEN}"}}"#))
+        .await;
+    c.expect_text(r#"Message {"role":"assistant","content":"Bonjour."}"#)
+        .await;
+    c.text("StartSpeaking").await;
+    for i in 0..10 {
+        c.binary(tone_frame(i)).await;
+    }
+    c.text("StopSpeaking").await;
+    c.expect_text(&format!(
+        r#"Message {{"role":"user","content":"{TRANSCRIPT}"}}"#
+    ))
+    .await;
+    // The model request is in flight (its first token 30 s away): speak over it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.text("StartSpeaking").await;
+    c.close().await;
+    wait_call_end(&app).await;
+    app.shutdown(Duration::from_secs(5)).await;
+    {
+        let got = got.lock().unwrap();
+        let spans = spans(&got);
+        let call = spans.iter().find(|s| s.name == "call").expect("the call");
+        let turns: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.name == "turn" && s.parent_span_id == call.span_id)
+            .collect();
+        assert_eq!(turns.len(), 2, "{spans:#?}");
+        let first = turns
+            .iter()
+            .find(|t| int_attr(t, "turn") == Some(1))
+            .unwrap();
+        let second = turns
+            .iter()
+            .find(|t| int_attr(t, "turn") == Some(2))
+            .unwrap();
+        assert_eq!(str_attr(first, "outcome"), Some("interrupted"));
+        assert_eq!(str_attr(second, "outcome"), Some("ended"));
+        // (The first turn's span closes once its aborted answer task is dropped: a moment
+        // after the second one opened.)
+        assert!(first.start_time_unix_nano < second.start_time_unix_nano);
+        assert_eq!(
+            str_attr(one(&spans, "stt.utterance", first), "outcome"),
+            Some("transcript")
+        );
+        assert_eq!(
+            str_attr(one(&spans, "llm.request", first), "outcome"),
+            Some("cancelled")
+        );
+        assert_eq!(
+            str_attr(one(&spans, "stt.utterance", second), "outcome"),
+            Some("cancelled")
+        );
+        assert!(
+            !spans
+                .iter()
+                .any(|s| s.name == "tts.utterance" && s.parent_span_id == first.span_id),
+            "no answer was spoken"
+        );
+    }
+    let got_after_export = got.lock().unwrap().requests.len();
 
     // 2. No `otlp_endpoint`: no exporter at all, and nothing more reaches the receiver (the
     //    previous app's exporter was unplugged by its shutdown).
     let app = start_app("").await;
     assert!(app.traces.is_none());
+    let t = std::time::Instant::now();
     call_with_one_turn(&app).await;
+    eprintln!("one call without traces: {:?}", t.elapsed());
     app.shutdown(Duration::from_secs(5)).await;
     tokio::time::sleep(micdrop_server::traces::EXPORT_INTERVAL * 2).await;
     assert_eq!(got.lock().unwrap().requests.len(), got_after_export);
@@ -334,9 +406,13 @@ async fn traces_over_otlp() {
     let hole = black_hole.local_addr().unwrap();
     let app = start_app(&format!("otlp_endpoint = \"http://{hole}\"")).await;
     assert!(app.traces.is_some());
+    let t = std::time::Instant::now();
     call_with_one_turn(&app).await;
     call_with_one_turn(&app).await;
+    eprintln!("two calls with a black-hole collector: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
     app.shutdown(Duration::from_secs(5)).await;
+    eprintln!("shutdown with a black-hole collector: {:?}", t.elapsed());
     drop(black_hole);
     assert_eq!(got.lock().unwrap().requests.len(), got_after_export);
 }
