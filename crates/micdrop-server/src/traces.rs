@@ -184,8 +184,11 @@ impl Traces {
         let tracer = provider.tracer("micdrop");
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            // Exactly the fields of micdrop_core::trace: no source paths, threads, targets or
+            // busy/idle times.
             .with_location(false)
             .with_threads(false)
+            .with_target(false)
             .with_tracked_inactivity(false);
         let mut busy = false;
         let plugged = slot.modify(|current| {

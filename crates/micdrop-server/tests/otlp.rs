@@ -244,8 +244,32 @@ async fn traces_over_otlp() {
             4
         );
         assert_eq!(str_attr(call, "outcome"), Some("client_closed"));
-        // Every span of the call is in its trace; none is left out (no client-address span).
+        // Every span of the call is in its trace; none is left out (no client-address span);
+        // the attributes are the documented ones.
+        let documented = [
+            "call_id",
+            "outcome",
+            "close_code",
+            "turn",
+            "stt_ms",
+            "llm_first_token_ms",
+            "tts_first_audio_ms",
+            "voice_to_voice_ms",
+            "provider",
+            "step",
+            "tool_calls",
+            "utterance",
+            "first_audio_ms",
+        ];
         for s in &spans {
+            for kv in &s.attributes {
+                assert!(
+                    documented.contains(&kv.key.as_str()),
+                    "{}: {}",
+                    s.name,
+                    kv.key
+                );
+            }
             assert_eq!(s.trace_id, call.trace_id, "{}", s.name);
             assert!(
                 micdrop_core::trace::SPANS.contains(&s.name.as_str()),
