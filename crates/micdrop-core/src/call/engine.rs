@@ -511,8 +511,6 @@ impl CallTask {
                 if was_open {
                     let transcribed = self.last_is_unanswered_user();
                     self.trace.stop_speaking(self.user.chunks > 0, transcribed);
-                }
-                if was_open {
                     self.stt(SttCommand::EndTurn);
                 }
                 if let Some(opened) = self.user.opened_at.filter(|_| was_open) {
