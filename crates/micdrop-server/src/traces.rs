@@ -250,6 +250,32 @@ mod tests {
     }
 
     #[test]
+    fn config_checks_the_endpoint() {
+        use crate::config::Config;
+        let ok = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(ok.telemetry.service_name, "micdrop");
+        let bad = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("otlp_endpoint"), "{bad}");
+        let empty = Config::from_toml("[telemetry]\nservice_name = \" \"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("service_name"), "{empty}");
+    }
+
+    #[test]
     fn only_micdrop_trace_spans_pass() {
         let wants = |span: tracing::Span| span.metadata().is_some_and(TraceSpans::wants);
         assert!(wants(tracing::info_span!("turn")));
