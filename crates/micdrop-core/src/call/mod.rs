@@ -19,6 +19,7 @@ mod answer;
 mod engine;
 mod latency;
 mod outbox;
+mod trace;
 mod user_turn;
 
 use std::sync::Arc;
@@ -335,8 +336,14 @@ fn call_future(
         .take()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // At error level: the span, and so the call_id, is on every line at every log level.
-    let span = tracing::error_span!("call", call_id = %id);
-    let task = Box::new(engine::CallTask::new(config, id, sink, control));
+    let span = tracing::error_span!(
+        "call",
+        call_id = %id,
+        outcome = tracing::field::Empty,
+        close_code = tracing::field::Empty,
+    );
+    // Built inside the call's span (its trace takes the span as its parent).
+    let task = span.in_scope(|| Box::new(engine::CallTask::new(config, id, sink, control)));
     task.run(stream).instrument(span)
 }
 
