@@ -154,6 +154,8 @@ async fn a_session_on_a_foreign_host_is_refused_under_the_eu_policy() {
     let c = GladiaConfig {
         base_url: Some(server.url()),
         retry_delay_ms: 1,
+        // Opened when the session starts (on demand is the default since #10).
+        on_demand: false,
         ..Default::default()
     };
     let stt = GladiaStt::new(c, ApiKey::new("k"))
