@@ -143,6 +143,12 @@ impl App {
             .generate_first_message(config.call.generate_first_message)
             .idle_timeout(config.server.idle_timeout())
             .audio_lead(config.call.audio_lead());
+        template.transcript_timeout = config.call.transcript_timeout(
+            providers_config
+                .stt
+                .chain()
+                .contains(&micdrop_providers::config::SttKind::Whisper),
+        );
         if let Some(tts) = providers.tts.clone() {
             template = template.tts(tts);
         }

@@ -26,6 +26,7 @@
 //! auto_ignore_user_noise = false
 //! max_steps = 5
 //! audio_lead_ms = 500            # assistant audio paced at real time + this lead; 0: unpaced
+//! transcript_timeout_ms = 12000   # wait for a turn's transcript (Whisper default: 60000)
 //!
 //! extract = { json = true, description = "..." }   # optional: [call.extract]
 //!
@@ -73,6 +74,9 @@ use serde::Deserialize;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default transcript timeout with the in-process Whisper STT.
+pub const WHISPER_TRANSCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default WebSocket path.
 pub const DEFAULT_PATH: &str = "/call";
 /// Default maximum size of a client frame: 64 KiB (a 100 ms PCM frame is 3,200 bytes).
@@ -246,12 +250,26 @@ pub struct CallSection {
     /// Assistant audio is sent at real time plus this lead (ms); 0 sends it as fast as the TTS
     /// produces it.
     pub audio_lead_ms: u64,
+    /// How long the end of a user turn waits for its transcript before the answer is skipped
+    /// (ms). Default: 12 000, or 60 000 with `[stt] provider = "whisper"` (in-process, the
+    /// transcript always comes, but a busy CPU or a queue of turns can make it late).
+    pub transcript_timeout_ms: Option<u64>,
 }
 
 impl CallSection {
     /// The pacing lead of assistant audio (`None`: unpaced).
     pub fn audio_lead(&self) -> Option<Duration> {
         (self.audio_lead_ms > 0).then(|| Duration::from_millis(self.audio_lead_ms))
+    }
+
+    /// The transcript timeout: `transcript_timeout_ms`, else the default for the STT (see the
+    /// field).
+    pub fn transcript_timeout(&self, whisper: bool) -> Duration {
+        match self.transcript_timeout_ms {
+            Some(ms) => Duration::from_millis(ms.max(1)),
+            None if whisper => WHISPER_TRANSCRIPT_TIMEOUT,
+            None => micdrop_core::call::DEFAULT_TRANSCRIPT_TIMEOUT,
+        }
     }
 }
 
@@ -269,6 +287,7 @@ impl Default for CallSection {
             dictation: false,
             extract: None,
             audio_lead_ms: micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64,
+            transcript_timeout_ms: None,
         }
     }
 }
@@ -507,6 +526,15 @@ bearer_tokens = ["secret"]
         );
         assert_eq!(c.server.path, "/call");
         assert_eq!(c.auth.unwrap().tokens(), vec!["secret".to_owned()]);
+    }
+
+    #[test]
+    fn the_transcript_timeout_is_longer_for_whisper_unless_set() {
+        let c = Config::from_toml("", "t.toml").unwrap();
+        assert_eq!(c.call.transcript_timeout(false), Duration::from_secs(12));
+        assert_eq!(c.call.transcript_timeout(true), WHISPER_TRANSCRIPT_TIMEOUT);
+        let c = Config::from_toml("[call]\ntranscript_timeout_ms = 3000\n", "t.toml").unwrap();
+        assert_eq!(c.call.transcript_timeout(true), Duration::from_secs(3));
     }
 
     #[test]
