@@ -81,6 +81,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.model_url.as_deref(),
             args.model.as_deref(),
         );
+        // The policy first: the check below must not reach a host that is not this one.
+        config.providers().check_sovereignty()?;
         let base_url = config.agent.base_url.clone().unwrap_or_default();
         let key = config
             .agent

@@ -286,6 +286,30 @@ async fn serve_local_without_a_model_server_says_what_to_start() {
         "{err}"
     );
 
+    // A model server on another host is refused by the local policy before it is contacted
+    // (192.0.2.1, a documentation address, would time out).
+    let out = tokio::task::spawn_blocking(move || {
+        micdrop()
+            .args([
+                "serve",
+                "--local",
+                "--listen",
+                "127.0.0.1:0",
+                "--model-url",
+                "http://192.0.2.1:11434/v1",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("192.0.2.1") && err.contains("not local") && !err.contains("no model server"),
+        "{err}"
+    );
+
     // A server that is not an OpenAI-compatible API (404 on /v1/models) is named as such.
     let (base, _) = start_model_server().await;
     let wrong = base.replace("/v1", "/api");
