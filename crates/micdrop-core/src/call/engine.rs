@@ -401,9 +401,14 @@ impl CallTask {
 
     fn add_item(&mut self, item: ConversationItem) -> u64 {
         let id = self.conversation.push(item.clone());
+        self.announce(item);
+        id
+    }
+
+    /// Tells the client and the observer about an item added to the conversation.
+    fn announce(&mut self, item: ConversationItem) {
         self.send(ServerFrame::Message(item.clone()));
         self.emit(CallEvent::Message(item));
-        id
     }
 
     fn add_message(&mut self, role: Role, text: &str) -> Option<u64> {
@@ -435,15 +440,14 @@ impl CallTask {
 
     /// Rule 1: `cancel()`: the current answer, queued jobs, TTS, stale audio. Tool calls of the
     /// cancelled answer that have no result get one that says so (the model requires a result
-    /// for every call).
+    /// for every call: [`Conversation::cancel_dangling_tool_calls`]).
     fn cancel(&mut self) {
         if let Some(answer) = self.answer.take() {
-            let (settled, dangling) = answer.cancel();
-            for item in settled {
+            for item in answer.cancel() {
                 self.add_item(item);
             }
-            for (id, name) in dangling {
-                self.add_item(cancelled_tool_result(id, name));
+            for item in self.conversation.cancel_dangling_tool_calls() {
+                self.announce(item);
             }
         }
         self.queue.clear();
@@ -806,15 +810,6 @@ impl CallTask {
             Control::Cancel => self.cancel(),
             Control::HangUp(..) => {}
         }
-    }
-}
-
-/// The result given to a tool call whose answer was interrupted before the tool returned.
-fn cancelled_tool_result(tool_call_id: String, tool_name: String) -> ConversationItem {
-    ConversationItem::ToolResult {
-        tool_call_id,
-        tool_name,
-        output: r#"{"error":"cancelled: the user interrupted the answer"}"#.into(),
     }
 }
 
