@@ -120,8 +120,10 @@ impl Serve {
         })
         .await
         .unwrap();
+        // The whole log: the reader thread ends at the pipe's end of file, after the exit. (A
+        // short quiet period is not the end: on a loaded machine the last lines come late.)
         let mut log = String::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
             log.push_str(&line);
             log.push('\n');
         }

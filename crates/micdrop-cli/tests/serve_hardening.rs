@@ -87,7 +87,8 @@ impl Server {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+        // Until the pipe's end of file: a quiet half second is not the end on a loaded machine.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
             self.seen.push(line);
         }
         self.seen.join("\n")

@@ -10,21 +10,10 @@ use std::time::Duration;
 
 use micdrop_store::testing::TempPostgres;
 use micdrop_store::{Store, sign};
-use micdrop_testkit::{Frame, WsClient};
+use micdrop_testkit::{Frame, WsClient, tone_frame};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "adm-7f3c";
-
-/// 100 ms of a 440 Hz tone (speech for the simulators' energy detector).
-fn tone_frame(offset: usize) -> Vec<u8> {
-    (0..1600)
-        .flat_map(|i| {
-            let t = (offset * 1600 + i) as f32 / 16_000.0;
-            let s = (t * 440.0 * std::f32::consts::TAU).sin() * 8000.0;
-            (s as i16).to_le_bytes()
-        })
-        .collect()
-}
 
 /// A `micdrop serve --sim` process and its address.
 struct Server {

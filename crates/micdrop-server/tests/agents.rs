@@ -3,7 +3,6 @@
 //! Python SDK, over stdio); the results reach the model and come back in its answers.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,39 +13,8 @@ use axum::routing::{get, post};
 use micdrop_server::App;
 use micdrop_server::config::Config;
 use micdrop_sim::SimScript;
-use micdrop_testkit::{Frame, WsClient};
+use micdrop_testkit::{Frame, WsClient, mcp_python, mcp_test_server, tone_frame};
 use serde_json::{Value, json};
-
-/// 100 ms of a 440 Hz tone (speech for the simulators' energy detector).
-fn tone_frame(offset: usize) -> Vec<u8> {
-    (0..1600)
-        .flat_map(|i| {
-            let t = (offset * 1600 + i) as f32 / 16_000.0;
-            let s = (t * 440.0 * std::f32::consts::TAU).sin() * 8000.0;
-            (s as i16).to_le_bytes()
-        })
-        .collect()
-}
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("MICDROP_PYTHON") {
-        return p;
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/deps",
-        venv.display()
-    );
-    venv.display().to_string()
-}
-
-fn mcp_script() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../micdrop-tools/tests/mcp/crm_server.py")
-        .display()
-        .to_string()
-}
 
 /// What the agenda webhook received: (call id header, arguments).
 type Seen = Arc<Mutex<Vec<(String, Value)>>>;
@@ -130,8 +98,8 @@ command = {python:?}
 args = [{script:?}]
 allowed_tools = ["find_customer"]
 "#,
-        python = python(),
-        script = mcp_script(),
+        python = mcp_python(),
+        script = mcp_test_server(),
     )
 }
 
@@ -317,7 +285,7 @@ async fn start_up_errors_name_what_is_wrong() {
         // An MCP server that cannot start.
         (
             config(addr).replace(
-                &format!("command = {:?}", python()),
+                &format!("command = {:?}", mcp_python()),
                 "command = \"/nonexistent/mcp\"",
             ),
             "[[mcp]] dossiers: cannot run",

@@ -8,18 +8,7 @@ use std::time::Duration;
 use micdrop_server::App;
 use micdrop_server::config::Config;
 use micdrop_sim::SimScript;
-use micdrop_testkit::{Frame, WsClient, http_get};
-
-/// 100 ms of a 440 Hz tone (speech for the simulators' energy detector).
-fn tone_frame(offset: usize) -> Vec<u8> {
-    (0..1600)
-        .flat_map(|i| {
-            let t = (offset * 1600 + i) as f32 / 16_000.0;
-            let s = (t * 440.0 * std::f32::consts::TAU).sin() * 8000.0;
-            (s as i16).to_le_bytes()
-        })
-        .collect()
-}
+use micdrop_testkit::{Frame, WsClient, http_get, tone_frame};
 
 async fn start_app(config_toml: &str) -> App {
     let mut config = Config::from_toml(config_toml, "test.toml").unwrap();

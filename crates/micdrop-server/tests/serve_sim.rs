@@ -6,18 +6,7 @@ use std::time::Duration;
 use micdrop_server::App;
 use micdrop_server::config::Config;
 use micdrop_sim::SimScript;
-use micdrop_testkit::{Frame, WsClient};
-
-/// 100 ms of a 440 Hz tone (loud enough to be speech for the simulators' energy detector).
-fn tone_frame(offset: usize) -> Vec<u8> {
-    (0..1600)
-        .flat_map(|i| {
-            let t = (offset * 1600 + i) as f32 / 16_000.0;
-            let s = (t * 440.0 * std::f32::consts::TAU).sin() * 8000.0;
-            (s as i16).to_le_bytes()
-        })
-        .collect()
-}
+use micdrop_testkit::{Frame, WsClient, tone_frame};
 
 async fn app(config_toml: &str, script: &str) -> App {
     let mut config = Config::from_toml(config_toml, "test.toml").unwrap();

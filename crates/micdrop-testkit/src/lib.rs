@@ -12,8 +12,10 @@
 //! - [`bench`](mod@bench): timed providers (exact, configurable delays), the engine stack of
 //!   `micdrop bench`.
 //! - [`http_get`]: a minimal HTTP GET for the probes and `/metrics`.
+//! - [`tone_frame`], [`mcp_python`], [`mcp_test_server`]: inputs shared by several crates' tests.
 
 pub mod bench;
+mod fixtures;
 mod http;
 mod model;
 mod stt;
@@ -21,6 +23,7 @@ mod tts;
 mod turn;
 mod ws;
 
+pub use fixtures::{mcp_python, mcp_test_server, tone_frame};
 pub use http::http_get;
 pub use model::{ModelStep, ScriptedModel};
 pub use stt::{ScriptedStt, SttScript};

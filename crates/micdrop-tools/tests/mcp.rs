@@ -6,36 +6,17 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use micdrop_core::agent::Tool;
+use micdrop_testkit::{mcp_python, mcp_test_server};
 use micdrop_tools::config::{McpServerConfig, WebhookToolConfig};
 use micdrop_tools::{ToolSet, ToolsError};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("MICDROP_PYTHON") {
-        return p;
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/deps (it installs the Python MCP SDK)",
-        venv.display()
-    );
-    venv.display().to_string()
-}
-
-fn server_script() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/mcp/crm_server.py")
-        .display()
-        .to_string()
-}
-
 fn stdio(name: &str, extra: &str) -> String {
     format!(
         "[[mcp]]\nname = \"{name}\"\ncommand = {:?}\nargs = [{:?}]\n{extra}\n",
-        python(),
-        server_script()
+        mcp_python(),
+        mcp_test_server()
     )
 }
 
@@ -184,7 +165,7 @@ async fn start_up_errors_name_the_server() {
         (
             format!(
                 "[[mcp]]\nname = \"quitter\"\ncommand = {:?}\nargs = [\"-c\", \"import sys; sys.exit(1)\"]\n",
-                python()
+                mcp_python()
             ),
             "[[mcp]] quitter: initialization failed",
         ),
@@ -229,8 +210,8 @@ async fn start_up_errors_name_the_server() {
 
 /// Starts the HTTP flavour of the test server; returns it and its MCP URL.
 async fn http_server() -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(python())
-        .arg(server_script())
+    let mut child = tokio::process::Command::new(mcp_python())
+        .arg(mcp_test_server())
         .arg("http")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
