@@ -46,22 +46,28 @@ enum Command {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("MICDROP_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // Dependencies never log below info, whatever the filter says: at debug/trace they log
     // headers, frames and URLs with keys and tokens (docs/security.md).
     let cap = micdrop_server::logging::dependency_cap();
+    // The trace spans, exported over OTLP when `[telemetry] otlp_endpoint` is set (whatever
+    // MICDROP_LOG says: the log filter applies to the log lines only).
+    let registry = tracing_subscriber::registry().with(micdrop_server::traces::layer());
     match format {
-        LogFormat::Text => builder.finish().with(cap).init(),
-        LogFormat::Json => builder.json().flatten_event(true).finish().with(cap).init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).with(cap).init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(filter))
+            .with(cap)
+            .init(),
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`error`]: errors, close codes.
 //! - [`socket`]: socket adapters and typed socket errors; [`time`]: small timing helpers.
 //! - [`telemetry`]: the metrics' names and the helpers that record them.
+//! - [`trace`]: the trace spans of a call (call, turn, provider requests).
 #![cfg_attr(
     feature = "axum",
     doc = r#"
@@ -48,6 +49,7 @@ pub mod socket;
 pub mod stt;
 pub mod telemetry;
 pub mod time;
+pub mod trace;
 pub mod tts;
 pub mod turn;
 

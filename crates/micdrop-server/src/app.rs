@@ -43,6 +43,9 @@ pub enum AppError {
     /// The store could not start.
     #[error("{0}")]
     Store(String),
+    /// Traces cannot be exported (`[telemetry] otlp_endpoint`).
+    #[error(transparent)]
+    Traces(#[from] crate::traces::TracesError),
     /// Binding the address failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -82,6 +85,8 @@ pub struct App {
     pub drain_timeout: Duration,
     /// The conversation store (`[store]`).
     pub store: Option<Arc<micdrop_store::CallStore>>,
+    /// The trace exporter (`[telemetry] otlp_endpoint`), flushed by [`App::shutdown`].
+    pub traces: Option<crate::traces::Traces>,
 }
 
 impl App {
@@ -243,11 +248,27 @@ impl App {
             )))
         })?;
         crate::http::raise_nofile_limit();
+        // Plugged in before the first call can arrive.
+        let traces = match crate::traces::Traces::start(
+            config.telemetry.otlp_endpoint.as_deref(),
+            &config.telemetry.service_name,
+        ) {
+            Ok(traces) => traces,
+            Err(e) => {
+                if let Some(tools) = &tools {
+                    tools.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        };
         let server = match start(addr, options).await {
             Ok(server) => server,
             Err(source) => {
                 if let Some(tools) = &tools {
                     tools.shutdown().await;
+                }
+                if let Some(traces) = traces {
+                    traces.shutdown().await;
                 }
                 return Err(AppError::Listen {
                     addr: config.server.listen.clone(),
@@ -262,6 +283,7 @@ impl App {
             path: config.server.path,
             tools,
             store,
+            traces,
         })
     }
 
@@ -279,6 +301,10 @@ impl App {
         if let Some(store) = self.store {
             // Queued writes (the calls' ends) are written before exit.
             store.shutdown(Duration::from_secs(5)).await;
+        }
+        if let Some(traces) = self.traces {
+            // The calls have ended: their spans are closed and go out now.
+            traces.shutdown().await;
         }
         #[cfg(feature = "sim")]
         if let Some(sim) = self.sim {

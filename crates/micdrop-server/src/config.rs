@@ -47,7 +47,8 @@
 //! metrics = true                 # GET /metrics (Prometheus) on the same listener
 //! metrics_token = "..."          # optional: then /metrics needs "Authorization: Bearer <token>"
 //! metrics_token_env = "MICDROP_METRICS_TOKEN"
-//! otlp_endpoint = "http://127.0.0.1:4318"  # optional: export traces over OTLP/HTTP
+//! otlp_endpoint = "http://127.0.0.1:4318"  # optional: export traces over OTLP/HTTP (docs/deploy.md)
+//! service_name = "micdrop"       # service.name of the exported traces
 //!
 //! [store]                         # optional: without it nothing is persisted (docs/store.md)
 //! url = "sqlite://micdrop-data/micdrop.db"   # or postgres://user:pass@host:5432/db
@@ -486,6 +487,14 @@ impl Config {
                     "[auth] needs bearer_tokens or bearer_tokens_env".into(),
                 ));
             }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            crate::traces::traces_url(endpoint).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "[telemetry] service_name must not be empty".into(),
+            ));
         }
         Ok(())
     }

@@ -80,11 +80,15 @@ impl RunningServer {
 
 impl App {
     /// Drains the server (see [`RunningServer::drain`]), then stops the store (its queued
-    /// writes are written) and the simulators.
+    /// writes are written), flushes the traces and stops the simulators.
     pub async fn drain(self, timeout: Duration, interrupt: impl Future<Output = ()>) -> DrainEnd {
         let end = self.server.drain(timeout, interrupt).await;
         if let Some(store) = self.store {
             store.shutdown(Duration::from_secs(5)).await;
+        }
+        if let Some(traces) = self.traces {
+            // Every call has ended: the last spans go out before exit.
+            traces.shutdown().await;
         }
         if let Some(sim) = self.sim {
             sim.shutdown().await;

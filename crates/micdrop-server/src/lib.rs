@@ -8,7 +8,7 @@
 //! ([`sim`]); without it, the server has no simulator code.
 //!
 //! Routes: `GET /healthz` (200 `ok`: liveness), `GET /readyz` (200 while taking calls, 503 when
-//! draining or full), `GET /metrics` (Prometheus, see [`telemetry`]), the WebSocket call endpoint
+//! draining or full), `GET /metrics` (Prometheus, see [`telemetry`]; traces over OTLP: [`traces`]), the WebSocket call endpoint
 //! (`/call` by default), the demo page at `/` and `micdrop.js` (embedded at build time from
 //! `assets/`). [`drain`]: the graceful drain on SIGTERM/SIGINT.
 
@@ -24,6 +24,7 @@ pub mod persist;
 pub mod server;
 pub mod sim;
 pub mod telemetry;
+pub mod traces;
 
 pub use app::{App, AppError, build_agent};
 pub use server::{CallFactory, EndHook, RunningServer, ServerOptions, start};

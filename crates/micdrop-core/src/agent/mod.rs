@@ -354,13 +354,22 @@ impl Agent {
         // Like Micdrop's agents, tools are not offered for a greeting generated from the
         // system prompt alone.
         let only_system = conversation.iter().all(|i| i.role() == Role::System);
-        for _step in 0..self.max_steps {
+        for step in 0..self.max_steps {
             let tools: Vec<ToolSpec> = if only_system {
                 Vec::new()
             } else {
                 self.tools.iter().map(Tool::spec).collect()
             };
             let request = ChatRequest::from_conversation(&conversation, tools);
+            // The model request's span (a child of the turn's: the answer runs in it); its
+            // outcome is `cancelled` if the answer is dropped before the request ends.
+            let traced = crate::trace::Stage::new(tracing::info_span!(
+                "llm.request",
+                provider = self.model.name(),
+                step = crate::trace::int(step),
+                outcome = tracing::field::Empty,
+                tool_calls = tracing::field::Empty,
+            ));
             let mut stream = self.model.stream(request);
             let mut extractor = ExtractStream::new(self.extract.as_ref());
             let mut calls = Vec::new();
@@ -375,12 +384,21 @@ impl Agent {
                     }
                     Ok(ChatChunk::ToolCall(call)) => calls.push(call),
                     Err(error) => {
+                        traced.finish("failed");
                         let _ = events.send(AgentEvent::Failed(error)).await;
                         return;
                     }
                 }
             }
             drop(stream);
+            traced
+                .span()
+                .record("tool_calls", crate::trace::int(calls.len()));
+            traced.finish(if calls.is_empty() {
+                "text"
+            } else {
+                "tool_calls"
+            });
             let rest = extractor.flush();
             if !rest.is_empty() && events.send(AgentEvent::Text(rest)).await.is_err() {
                 return;

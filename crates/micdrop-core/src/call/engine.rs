@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::answer::Answer;
 use super::latency::LatencyProbe;
 use super::outbox::Outbox;
+use super::trace::CallTrace;
 use super::user_turn::{AudioVerdict, Prediction, UserTurn};
 use super::{
     CallClose, CallConfig, CallEnd, CallEvent, Control, EndReason, PROVIDER_CLOSE_GRACE,
@@ -89,6 +90,8 @@ pub(super) struct CallTask {
     stt: Option<Session<SttCommand, SttEvent>>,
     tts: Option<Session<TtsCommand, TtsEvent>>,
     providers: Vec<JoinHandle<()>>,
+    /// The trace spans: the turn in progress, the TTS utterances.
+    trace: CallTrace,
 }
 
 impl CallTask {
@@ -107,6 +110,13 @@ impl CallTask {
         }
         let predictions = config.turn_detector.is_some().then(|| mpsc::channel(4));
         let outbox = Outbox::new(sink, config.audio_lead);
+        // Created inside the call's span (see `start_call`).
+        let trace = CallTrace::new(
+            tracing::Span::current(),
+            &id,
+            config.stt.name(),
+            config.tts.as_ref().map(|t| t.name()),
+        );
         Self {
             config,
             id,
@@ -124,6 +134,7 @@ impl CallTask {
             stt: None,
             tts: None,
             providers: Vec::new(),
+            trace,
         }
     }
 
@@ -278,6 +289,7 @@ impl CallTask {
                 Wake::TranscriptTimeout => {
                     self.user.transcript_deadline = None;
                     warn!("no transcript from the STT in time: skipping the answer");
+                    self.trace.stt_done("timeout");
                     self.send(ServerFrame::SkipAnswer);
                 }
                 Wake::Idle => {
@@ -306,6 +318,7 @@ impl CallTask {
             stt,
             tts,
             providers,
+            mut trace,
             ..
         } = self;
         drop(answer);
@@ -337,6 +350,7 @@ impl CallTask {
             }),
             (None, None) => None,
         };
+        trace.end_call(&reason, call_close.as_ref().map(|c| c.code));
         tokio::join!(outbox.finish(close), release);
         let conversation = conversation.to_vec();
         let duration_secs = started.elapsed().as_secs_f64().round() as u64;
@@ -360,6 +374,9 @@ impl CallTask {
 
     fn send(&mut self, frame: ServerFrame) {
         debug!(frame = ?DebugFrame(&frame), "send");
+        if matches!(frame, ServerFrame::SkipAnswer) {
+            self.trace.skip_answer();
+        }
         self.outbox.push_frame(frame.encode());
     }
 
@@ -386,6 +403,7 @@ impl CallTask {
             return;
         };
         let l: TurnLatencies = probe.finish(first_audio);
+        self.trace.latencies(&l);
         for (stage, d) in [
             (Stage::Stt, l.stt),
             (Stage::LlmFirstToken, l.llm_first_token),
@@ -462,6 +480,7 @@ impl CallTask {
         }
         self.queue.clear();
         self.outbox.cancel_below(self.next_utterance);
+        self.trace.cancel_utterances(self.next_utterance);
         if let Some(tts) = &self.tts {
             if tts.commands.try_send(TtsCommand::Cancel).is_err() {
                 warn!("TTS session not accepting commands");
@@ -510,6 +529,7 @@ impl CallTask {
                 }
                 self.report_stt_drops();
                 self.user = UserTurn::next(&self.user, self.config.audio_burst);
+                self.trace.start_turn(self.user.seq);
                 self.ensure_stt();
                 self.stt(SttCommand::StartTurn);
                 self.cancel();
@@ -518,6 +538,8 @@ impl CallTask {
             ClientCommand::StopSpeaking => {
                 let was_open = self.user.stop();
                 if was_open {
+                    let transcribed = self.last_is_unanswered_user();
+                    self.trace.stop_speaking(self.user.chunks > 0, transcribed);
                     self.stt(SttCommand::EndTurn);
                     self.report_stt_drops();
                 }
@@ -550,6 +572,7 @@ impl CallTask {
             // Rule 11.
             ClientCommand::Mute => {
                 self.report_latencies(None);
+                self.trace.mute();
                 if self.user.mute() {
                     self.stt(SttCommand::DiscardTurn);
                     self.report_stt_drops();
@@ -604,11 +627,13 @@ impl CallTask {
                 self.user.transcript_deadline = None;
                 debug!(%text, "transcript");
                 if text.trim().is_empty() {
+                    self.trace.stt_done("empty");
                     self.send(ServerFrame::SkipAnswer);
                     return;
                 }
                 self.add_message(Role::User, &text);
                 if !self.user.open {
+                    self.trace.stt_done("transcript");
                     if let Some(p) = self.probe.as_mut() {
                         p.transcript();
                     }
@@ -617,6 +642,7 @@ impl CallTask {
             }
             SttEvent::Failed { error, pending } => {
                 warn!(%error, pending_chunks = pending.len(), "STT failed");
+                self.trace.stt_done("failed");
                 if self.user.transcript_deadline.take().is_some() {
                     self.send(ServerFrame::SkipAnswer);
                 }
@@ -717,7 +743,12 @@ impl CallTask {
         if let Some(p) = self.probe.as_mut() {
             p.answer_started();
         }
-        self.answer = Some(Answer::start(agent, self.conversation.to_vec()));
+        // The answer's task (and its model requests' spans) runs in the turn's span.
+        let answer = self
+            .trace
+            .answer_span()
+            .in_scope(|| Answer::start(agent, self.conversation.to_vec()));
+        self.answer = Some(answer);
     }
 
     fn open_utterance(&mut self) -> UtteranceId {
@@ -725,6 +756,7 @@ impl CallTask {
         let u = self.next_utterance;
         self.next_utterance += 1;
         self.tts(TtsCommand::Speak(u));
+        self.trace.open_utterance(u);
         u
     }
 
@@ -784,6 +816,7 @@ impl CallTask {
                         if let Some(p) = self.probe.as_mut() {
                             p.first_token(opened);
                         }
+                        self.trace.answer_text(opened);
                         opened
                     }
                 };
@@ -821,18 +854,23 @@ impl CallTask {
                 if let Some(p) = self.probe.as_mut() {
                     p.tts_audio(u);
                 }
+                self.trace.utterance_audio(u);
                 let observe = self.config.observer.is_some();
                 if let Some(chunk) = self.outbox.push_audio(u, pcm, observe) {
                     self.emit(CallEvent::AssistantAudio(chunk));
                 }
             }
-            TtsEvent::Done(u) => debug!(utterance = u, "utterance spoken"),
+            TtsEvent::Done(u) => {
+                debug!(utterance = u, "utterance spoken");
+                self.trace.utterance_over(u, "done");
+            }
             TtsEvent::Failed {
                 utterance,
                 error,
                 unspoken,
             } => {
                 warn!(%error, utterance, unspoken = unspoken.len(), "TTS failed");
+                self.trace.utterance_over(utterance, "failed");
                 // Without any audio the client would wait forever: release it.
                 if utterance >= self.outbox.watermark() && !self.outbox.has_audio(utterance) {
                     self.send(ServerFrame::SkipAnswer);

@@ -21,6 +21,7 @@ mod answer;
 mod engine;
 mod latency;
 mod outbox;
+mod trace;
 mod user_turn;
 
 use std::sync::Arc;
@@ -334,7 +335,12 @@ pub fn start_call(
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // At error level: the span, and so the call_id, is on every line at every log level.
-    let span = tracing::error_span!("call", call_id = %id);
+    let span = tracing::error_span!(
+        "call",
+        call_id = %id,
+        outcome = tracing::field::Empty,
+        close_code = tracing::field::Empty,
+    );
     let fut = async move {
         engine::CallTask::new(config, id, sink, rx)
             .run(stream)
