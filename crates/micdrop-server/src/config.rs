@@ -13,6 +13,7 @@
 //! auth_failures_per_minute = 10  # failed authentications per address, then 429 for auth_block_secs
 //! auth_block_secs = 60
 //! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
+//! audio_burst_secs = 5           # user audio ahead of real time beyond this: close 1008 (0: off)
 //! demo_page = true               # serve the web page and micdrop.js
 //! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
@@ -165,6 +166,10 @@ pub struct ServerSection {
     pub auth_block_secs: u64,
     /// Time a client gets to send its request headers, in seconds (0: no limit).
     pub header_read_timeout_secs: u64,
+    /// How far a user turn's audio may run ahead of real time, in seconds, before the call is
+    /// closed with 1008 `Audio faster than real time` (0: no check; clients that send recorded
+    /// audio as fast as they can, such as `micdrop call --fast`, need 0).
+    pub audio_burst_secs: u64,
     /// Serve the demo web page and `micdrop.js`.
     pub demo_page: bool,
     /// WebSocket URLs of other servers the demo page may connect to (`?url=`), besides its own
@@ -188,6 +193,7 @@ impl Default for ServerSection {
             auth_failures_per_minute: crate::guard::DEFAULT_AUTH_FAILURES_PER_MINUTE,
             auth_block_secs: crate::guard::DEFAULT_AUTH_BLOCK.as_secs(),
             header_read_timeout_secs: crate::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            audio_burst_secs: micdrop_core::call_budget::DEFAULT_AUDIO_BURST.as_secs(),
             demo_page: true,
             demo_allowed_urls: Vec::new(),
             drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
@@ -216,6 +222,11 @@ impl ServerSection {
     pub fn header_read_timeout(&self) -> Option<Duration> {
         (self.header_read_timeout_secs > 0)
             .then(|| Duration::from_secs(self.header_read_timeout_secs))
+    }
+
+    /// The audio burst allowance (`None` when 0: no check).
+    pub fn audio_burst(&self) -> Option<Duration> {
+        (self.audio_burst_secs > 0).then(|| Duration::from_secs(self.audio_burst_secs))
     }
 
     /// The drain timeout.
@@ -535,6 +546,15 @@ bearer_tokens = ["secret"]
         );
         assert_eq!(c.server.path, "/call");
         assert_eq!(c.auth.unwrap().tokens(), vec!["secret".to_owned()]);
+        assert_eq!(c.server.audio_burst(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn audio_burst_zero_disables_the_check() {
+        let c = Config::from_toml("[server]\naudio_burst_secs = 0\n", "t.toml").unwrap();
+        assert_eq!(c.server.audio_burst(), None);
+        let c = Config::from_toml("[server]\naudio_burst_secs = 2\n", "t.toml").unwrap();
+        assert_eq!(c.server.audio_burst(), Some(Duration::from_secs(2)));
     }
 
     #[test]
