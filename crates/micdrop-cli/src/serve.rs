@@ -115,6 +115,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.agent.model = Some(model);
     }
+    // The handlers go in before the banner: a signal sent as soon as the server is announced
+    // must drain it, not kill it.
+    let signals = micdrop_server::drain::Signals::new()?;
     let app = App::start(config, sim).await?;
     let addr = app.server.local_addr();
     eprintln!(
@@ -127,6 +130,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     );
     // SIGTERM/SIGINT: drain (see docs/deploy.md); a second signal ends at once.
-    app.run_until_signal().await?;
+    app.run_until(signals).await;
     Ok(())
 }
