@@ -56,10 +56,10 @@ export function encodeWav(rate, samples) {
  * Speaks `text` with espeak-ng and writes `out`: `leadMs` of silence, the speech, `tailMs` of
  * silence. Returns { rate, speechMs, totalMs }.
  */
-export function makeSpeechWav(text, out, { leadMs = 1500, tailMs = 3000, voice = 'en' } = {}) {
+export function makeSpeechWav(text, out, { leadMs = 1500, tailMs = 3000, voice = 'en', speed = 160 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'micdrop-e2e-'))
   const raw = join(dir, 'speech.wav')
-  execFileSync('espeak-ng', ['-v', voice, '-s', '160', '-w', raw, text])
+  execFileSync('espeak-ng', ['-v', voice, '-s', String(speed), '-w', raw, text])
   const { rate, samples } = readWav(readFileSync(raw))
   const lead = Math.round((leadMs / 1000) * rate)
   const tail = Math.round((tailMs / 1000) * rate)

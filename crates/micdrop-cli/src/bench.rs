@@ -242,8 +242,9 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
     let max_calls = calls.max(1) + 100;
     match stack {
         Stack::Engine => {
-            let mut options =
-                micdrop_server::ServerOptions::with_template(timed::call_config(sim.delays()));
+            // A load generator may send faster than real time (`pace = "fast"`): no audio budget.
+            let template = timed::call_config(sim.delays()).audio_burst(None);
+            let mut options = micdrop_server::ServerOptions::with_template(template);
             options.max_calls = max_calls;
             options.serve_assets = false;
             Ok(InProcess::Engine(
@@ -259,6 +260,7 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
             let mut config = micdrop_server::config::Config::default();
             config.server.listen = "127.0.0.1:0".into();
             config.server.max_calls = max_calls;
+            config.server.audio_burst_secs = 0;
             let mut script = micdrop_sim::SimScript {
                 zero_delay: sim == SimMode::Zero,
                 tts_engine: micdrop_sim::TtsEngine::Tone,

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod call;
 mod live;
+mod local;
 mod models;
 mod serve;
 #[cfg(feature = "sim")]

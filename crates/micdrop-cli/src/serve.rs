@@ -23,6 +23,18 @@ pub struct ServeArgs {
     #[cfg(feature = "sim")]
     #[arg(long, requires = "sim")]
     pub sim_script: Option<PathBuf>,
+    /// Run on this machine only: Whisper (`[stt.whisper]`, default base, French), espeak-ng (or
+    /// the configured Piper voice), an OpenAI-compatible model server on loopback (default
+    /// Ollama's http://127.0.0.1:11434/v1), `[sovereignty] mode = "local"`. Exits with a message
+    /// if no model server answers (docs/local.md).
+    #[arg(long, conflicts_with = "sim")]
+    pub local: bool,
+    /// With --local: the OpenAI-compatible model server (its root or /v1 URL).
+    #[arg(long, requires = "local")]
+    pub model_url: Option<String>,
+    /// With --local: the model name (default: the config's, else the first the server lists).
+    #[arg(long, requires = "local")]
+    pub model: Option<String>,
 }
 
 /// Runs the server until SIGINT/SIGTERM, then stops it cleanly.
@@ -48,8 +60,64 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    #[cfg(feature = "sim")]
+    if let Some(script) = &sim {
+        let explicit_whisper = config.stt.provider == micdrop_providers::config::SttKind::Whisper;
+        let speech = crate::local::choose_sim_speech(
+            &mut config,
+            script.transcripts.len(),
+            &micdrop_local::models::ModelsDir::from_env(),
+        );
+        // An explicit `[stt] provider = "whisper"` without its model fails below, naming it.
+        if !(explicit_whisper && matches!(speech, crate::local::SimSpeech::Described(_))) {
+            eprintln!("{}", speech.describe(&config.stt.whisper.language));
+        }
+    }
     #[cfg(not(feature = "sim"))]
     let sim = None;
+    if args.local {
+        crate::local::apply_local_preset(
+            &mut config,
+            args.model_url.as_deref(),
+            args.model.as_deref(),
+        );
+        // The policy first: the check below must not reach a host that is not this one.
+        config.providers().check_sovereignty()?;
+        let base_url = config.agent.base_url.clone().unwrap_or_default();
+        let key = config
+            .agent
+            .api_key_env
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+            .and_then(|e| std::env::var(e).ok());
+        let server = crate::local::check_model_server(
+            &base_url,
+            key.as_deref(),
+            crate::local::MODEL_SERVER_TIMEOUT,
+        )
+        .await?;
+        let (model, warning) =
+            crate::local::choose_model(config.agent.model.as_deref(), &server, &base_url)?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        let tts = match config.tts.provider {
+            micdrop_providers::config::TtsKind::Piper => {
+                format!("Piper ({})", config.tts.piper.voice)
+            }
+            micdrop_providers::config::TtsKind::None => "none (text answers)".to_owned(),
+            _ => format!("espeak-ng ({})", config.tts.espeak.voice),
+        };
+        eprintln!(
+            "local: model {model} at {base_url}; speech-to-text Whisper ({}, {}); text-to-speech \
+             {tts}; [sovereignty] mode = \"local\"",
+            config.stt.whisper.model, config.stt.whisper.language
+        );
+        config.agent.model = Some(model);
+    }
+    // The handlers go in before the banner: a signal sent as soon as the server is announced
+    // must drain it, not kill it.
+    let signals = micdrop_server::drain::Signals::new()?;
     let app = App::start(config, sim).await?;
     let addr = app.server.local_addr();
     eprintln!(
@@ -62,6 +130,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     );
     // SIGTERM/SIGINT: drain (see docs/deploy.md); a second signal ends at once.
-    app.run_until_signal().await?;
+    app.run_until(signals).await;
     Ok(())
 }

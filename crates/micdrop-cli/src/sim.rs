@@ -34,6 +34,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     if args.zero_delay {
         script = script.zero_delay();
     }
+    // Handlers before the banner: a signal right after it stops the simulators cleanly.
+    let mut signals = micdrop_server::drain::Signals::new()?;
     let sim = Simulators::start(args.listen, script)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -50,80 +52,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         "mistral  {}   (POST {0}/chat/completions, Authorization: Bearer)",
         sim.mistral_base_url()
     );
-    wait_for_signal().await;
+    signals.recv().await;
     println!("stopping");
     sim.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        sim: SimArgs,
-    }
-
-    #[test]
-    fn arguments() {
-        let c = Cli::parse_from(["sim"]);
-        assert_eq!(
-            c.sim.listen,
-            "127.0.0.1:8090".parse::<SocketAddr>().unwrap()
-        );
-        assert!(c.sim.script.is_none() && !c.sim.zero_delay);
-        let c = Cli::parse_from([
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--script",
-            "s.toml",
-            "--zero-delay",
-        ]);
-        assert_eq!(c.sim.listen.port(), 0);
-        assert_eq!(
-            c.sim.script.as_deref(),
-            Some(std::path::Path::new("s.toml"))
-        );
-        assert!(c.sim.zero_delay);
-        assert!(Cli::try_parse_from(["sim", "--listen", "nowhere"]).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_missing_script_file_is_an_error() {
-        let e = run(SimArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            script: Some("/nonexistent/sim.toml".into()),
-            zero_delay: false,
-        })
-        .await
-        .unwrap_err();
-        assert!(format!("{e:#}").contains("/nonexistent/sim.toml"));
-    }
 }

@@ -27,7 +27,9 @@ async fn server(token: Option<&str>) -> micdrop_server::RunningServer {
             .with_chunk_delay(Duration::ZERO)
             .with_bytes_per_char(64),
     ))
-    .first_message("Bonjour");
+    .first_message("Bonjour")
+    // `micdrop call --fast` sends the recording faster than real time.
+    .audio_burst(None);
     let mut options = ServerOptions::with_template(config);
     options.serve_assets = false;
     if let Some(t) = token {

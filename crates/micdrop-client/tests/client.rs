@@ -21,6 +21,8 @@ fn config(transcripts: &[&str]) -> CallConfig {
         .agent(agent)
         .tts(Arc::new(ScriptedTts::new()))
         .first_message("Bonjour")
+        // Some tests send with `Pace::Fast`, faster than real time.
+        .audio_burst(None)
 }
 
 /// Reads events until one matches; returns it and everything read before it.

@@ -26,6 +26,8 @@ fn config(transcripts: &[&str], model: ScriptedModel) -> CallConfig {
         .agent(agent)
         .tts(Arc::new(fast_tts(4)))
         .first_message("Bonjour")
+        // Scenarios run with `Pace::Fast` send their audio faster than real time.
+        .audio_burst(None)
 }
 
 /// A scripted TTS faster than real time, as real ones are.

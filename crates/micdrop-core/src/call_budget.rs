@@ -10,7 +10,8 @@
 //! silently. `micdrop call --fast` (tests, benchmarks) sends faster than real time on purpose:
 //! such servers will need the check off.
 //!
-//! Not wired into the call engine yet (see docs/security.md): this is the budget type alone.
+//! Wired into the call engine by `UserTurn` (`CallConfig::audio_burst`, `[server]
+//! audio_burst_secs`; see docs/security.md).
 
 use std::time::Duration;
 

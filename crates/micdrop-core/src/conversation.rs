@@ -118,14 +118,23 @@ impl ConversationItem {
     }
 }
 
-/// The output of a tool call whose answer was cancelled (barge-in) before the tool returned.
-pub const CANCELLED_TOOL_OUTPUT: &str = r#"{"error":"cancelled"}"#;
+/// The output of a tool call whose answer was cancelled (barge-in) before the tool returned
+/// (the call engine gives it to such calls, and the Mistral client to any call it would
+/// otherwise send without a result).
+pub const CANCELLED_TOOL_OUTPUT: &str = r#"{"error":"cancelled: the user interrupted the answer"}"#;
 
 /// The results missing in `items`: one [`ConversationItem::ToolResult`] with
 /// [`CANCELLED_TOOL_OUTPUT`] for each tool call that has no result, in call order.
 pub fn dangling_tool_results(items: &[ConversationItem]) -> Vec<ConversationItem> {
+    dangling(items.iter())
+}
+
+fn dangling<'a, I>(items: I) -> Vec<ConversationItem>
+where
+    I: Iterator<Item = &'a ConversationItem> + Clone,
+{
     let answered: std::collections::HashSet<&str> = items
-        .iter()
+        .clone()
         .filter_map(|i| match i {
             ConversationItem::ToolResult { tool_call_id, .. } => Some(tool_call_id.as_str()),
             _ => None,
@@ -133,7 +142,6 @@ pub fn dangling_tool_results(items: &[ConversationItem]) -> Vec<ConversationItem
         .collect();
     let mut seen = std::collections::HashSet::new();
     items
-        .iter()
         .filter_map(|i| match i {
             ConversationItem::ToolCall {
                 tool_call_id,
@@ -214,7 +222,7 @@ impl Conversation {
     /// tool runs: models such as Mistral refuse every later request whose tool calls lack
     /// results ("Not the same number of function calls and responses").
     pub fn cancel_dangling_tool_calls(&mut self) -> Vec<ConversationItem> {
-        let missing = dangling_tool_results(&self.to_vec());
+        let missing = dangling(self.items.iter().map(|(_, i)| i));
         for item in &missing {
             self.push(item.clone());
         }
@@ -291,7 +299,7 @@ mod tests {
         assert_eq!(added.len(), 2);
         assert_eq!(
             serde_json::to_string(&added[0]).unwrap(),
-            r#"{"role":"tool_result","toolCallId":"two","toolName":"t","output":"{\"error\":\"cancelled\"}"}"#
+            r#"{"role":"tool_result","toolCallId":"two","toolName":"t","output":"{\"error\":\"cancelled: the user interrupted the answer\"}"}"#
         );
         assert_eq!(c.len(), 8);
         assert!(c.cancel_dangling_tool_calls().is_empty(), "idempotent");

@@ -45,15 +45,18 @@ pub struct WhisperOptions {
 }
 
 impl WhisperOptions {
-    /// Defaults for a model file: language auto-detected, all cores for one transcription at a
-    /// time.
+    /// Defaults for a model file: language auto-detected, one thread per transcription and as
+    /// many transcriptions at a time as there are cores. One thread each, because whisper.cpp's
+    /// threads wait for each other at every step (spinning): on a busy machine, where one of two
+    /// threads is often not scheduled, two threads took 8 s where one took 0.7 s for the same
+    /// 5 s turn (docs/BENCHMARKS.md, "Local speech").
     pub fn new(model: impl Into<PathBuf>) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             model: model.into(),
             language: None,
-            threads: cores,
-            workers: 1,
+            threads: 1,
+            workers: cores,
             fit_context: true,
             max_turn_secs: 28,
         }

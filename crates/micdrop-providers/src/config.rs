@@ -102,12 +102,10 @@ impl ConfigError {
     }
 }
 
-/// An endpoint that `[sovereignty] mode = "eu"` refuses.
+/// An endpoint that `[sovereignty] mode = "eu"` or `"local"` refuses (`reason` says why and
+/// what to do).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{provider} endpoint {endpoint} is not allowed by [sovereignty] mode = \"eu\": {reason}. \
-     Choose an EU endpoint, add the host to [sovereignty] allowed_hosts, or set mode = \"off\""
-)]
+#[error("{provider} endpoint {endpoint} is not allowed by [sovereignty]: {reason}")]
 pub struct SovereigntyError {
     /// The provider (`stt gladia`, `agent fallback 1 (openai-compatible)`, ...).
     pub provider: String,
@@ -933,7 +931,9 @@ impl SovereigntyConfig {
                     provider: provider.to_owned(),
                     endpoint: url.to_string(),
                     reason: format!(
-                        "host {host:?} is not local (mode = \"local\" allows loopback only)"
+                        "host {host:?} is not local (mode = \"local\" allows loopback and \
+                         in-process providers only). Run the service on this machine, or set \
+                         mode = \"eu\""
                     ),
                 })
             };
@@ -944,7 +944,10 @@ impl SovereigntyConfig {
             Err(SovereigntyError {
                 provider: provider.to_owned(),
                 endpoint: url.to_string(),
-                reason: format!("host {host:?} is not a known EU endpoint"),
+                reason: format!(
+                    "host {host:?} is not a known EU endpoint (mode = \"eu\"). Choose an EU \
+                     endpoint, add the host to [sovereignty] allowed_hosts, or set mode = \"off\""
+                ),
             })
         }
     }

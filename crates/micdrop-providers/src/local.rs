@@ -20,10 +20,10 @@ pub struct WhisperConfig {
     pub model: String,
     /// Spoken language (`fr`, `en`...), or `auto` to detect it per turn.
     pub language: String,
-    /// Threads per transcription (default: all cores).
+    /// Threads per transcription (default: 1, see `WhisperOptions::new`).
     pub threads: Option<usize>,
-    /// Transcriptions at a time.
-    pub workers: usize,
+    /// Transcriptions at a time (default: the number of cores).
+    pub workers: Option<usize>,
 }
 
 impl Default for WhisperConfig {
@@ -32,7 +32,7 @@ impl Default for WhisperConfig {
             model: "base".into(),
             language: "fr".into(),
             threads: None,
-            workers: 1,
+            workers: None,
         }
     }
 }
@@ -57,7 +57,9 @@ impl SttSection for WhisperConfig {
         if let Some(t) = self.threads {
             opts.threads = t.max(1);
         }
-        opts.workers = self.workers.max(1);
+        if let Some(w) = self.workers {
+            opts.workers = w.max(1);
+        }
         let engine = WhisperEngine::load(opts).map_err(err)?;
         Ok(Arc::new(WhisperStt::new(engine)))
     }

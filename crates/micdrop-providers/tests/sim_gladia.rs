@@ -223,3 +223,43 @@ async fn discarded_turns_are_not_finalized() {
         "{ev:?}"
     );
 }
+
+/// Issue #9, defect 3: a Gladia that closes an utterance only after 1 s of trailing silence.
+/// The first burst (0.3 s, plus the 0.2 s of silence the turn ends with) is not enough: the
+/// session must keep feeding silence, or the user's turn is lost (an empty transcript).
+#[tokio::test]
+async fn a_strict_gladia_still_gets_its_final_from_the_fed_silence() {
+    for end_silence_ms in [1000, 1800] {
+        let sim = sim(&["Bonjour", "Et ensuite ?"], |s| {
+            s.gladia.strict_end_silence_ms = end_silence_ms
+        })
+        .await;
+        let mut s = start_stt(&gladia(&sim, |_| {}));
+        s.turn(800).await;
+        assert_eq!(
+            s.next_final().await,
+            SttEvent::Transcript("Bonjour".into()),
+            "strict_end_silence_ms = {end_silence_ms}"
+        );
+        // The next turn works the same (the feeding restarted from the first burst).
+        s.turn(800).await;
+        assert_eq!(
+            s.next_final().await,
+            SttEvent::Transcript("Et ensuite ?".into())
+        );
+        assert_eq!(sim.counters().gladia.sessions, 1);
+    }
+}
+
+#[tokio::test]
+async fn without_feeding_a_strict_gladia_loses_the_turn() {
+    // The rule the test above relies on: with the first burst only (max = burst), the strict
+    // simulator gives no final and the turn ends empty.
+    let sim = sim(&["Bonjour"], |s| s.gladia.strict_end_silence_ms = 1000).await;
+    let mut s = start_stt(&gladia(&sim, |c| {
+        c.max_finalize_silence_ms = 0;
+        c.transcription_timeout_ms = 1500;
+    }));
+    s.turn(800).await;
+    assert_eq!(s.next_final().await, SttEvent::Transcript(String::new()));
+}

@@ -301,3 +301,23 @@ async fn cancelling_closes_the_rendering_socket_and_the_next_answer_plays() {
         "the rendering socket was closed: {c:?}"
     );
 }
+
+/// Issue #9, defect 9: Gradium may send the last words of a flush just after `flushed`; the
+/// transcript waits a moment (150 ms) for them instead of dropping them.
+#[tokio::test]
+async fn stt_words_after_flushed_are_kept() {
+    let sim = sim(&["Bonjour tout le monde", "Et puis"], |s| {
+        // Zero delays: the late words follow `flushed` at once (no race with the grace).
+        s.gradium.stt_words_after_flushed = 2;
+    })
+    .await;
+    let mut s = start_stt(&stt(&sim));
+    s.turn(1200).await;
+    assert_eq!(
+        s.next_final().await,
+        SttEvent::Transcript("Bonjour tout le monde".into())
+    );
+    // The late words are not carried into the next turn.
+    s.turn(900).await;
+    assert_eq!(s.next_final().await, SttEvent::Transcript("Et puis".into()));
+}

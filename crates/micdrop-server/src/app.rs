@@ -147,7 +147,14 @@ impl App {
             .partial_messages(config.call.partial_messages)
             .generate_first_message(config.call.generate_first_message)
             .idle_timeout(config.server.idle_timeout())
-            .audio_lead(config.call.audio_lead());
+            .audio_lead(config.call.audio_lead())
+            .audio_burst(config.server.audio_burst());
+        template.transcript_timeout = config.call.transcript_timeout(
+            providers_config
+                .stt
+                .chain()
+                .contains(&micdrop_providers::config::SttKind::Whisper),
+        );
         if let Some(tts) = providers.tts.clone() {
             template = template.tts(tts);
         }

@@ -13,6 +13,7 @@
 //! auth_failures_per_minute = 10  # failed authentications per address, then 429 for auth_block_secs
 //! auth_block_secs = 60
 //! header_read_timeout_secs = 10  # time to send the request headers (slowloris)
+//! audio_burst_secs = 5           # user audio ahead of real time beyond this: close 1008 (0: off)
 //! demo_page = true               # serve the web page and micdrop.js
 //! drain_timeout_secs = 300       # on SIGTERM/SIGINT: calls in progress get this long to end
 //!
@@ -26,6 +27,7 @@
 //! auto_ignore_user_noise = false
 //! max_steps = 5
 //! audio_lead_ms = 500            # assistant audio paced at real time + this lead; 0: unpaced
+//! transcript_timeout_ms = 12000   # wait for a turn's transcript (Whisper default: 60000)
 //!
 //! extract = { json = true, description = "..." }   # optional: [call.extract]
 //!
@@ -74,6 +76,9 @@ use serde::Deserialize;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default transcript timeout with the in-process Whisper STT.
+pub const WHISPER_TRANSCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default WebSocket path.
 pub const DEFAULT_PATH: &str = "/call";
 /// Default maximum size of a client frame: 64 KiB (a 100 ms PCM frame is 3,200 bytes).
@@ -161,6 +166,10 @@ pub struct ServerSection {
     pub auth_block_secs: u64,
     /// Time a client gets to send its request headers, in seconds (0: no limit).
     pub header_read_timeout_secs: u64,
+    /// How far a user turn's audio may run ahead of real time, in seconds, before the call is
+    /// closed with 1008 `Audio faster than real time` (0: no check; clients that send recorded
+    /// audio as fast as they can, such as `micdrop call --fast`, need 0).
+    pub audio_burst_secs: u64,
     /// Serve the demo web page and `micdrop.js`.
     pub demo_page: bool,
     /// WebSocket URLs of other servers the demo page may connect to (`?url=`), besides its own
@@ -184,6 +193,7 @@ impl Default for ServerSection {
             auth_failures_per_minute: crate::guard::DEFAULT_AUTH_FAILURES_PER_MINUTE,
             auth_block_secs: crate::guard::DEFAULT_AUTH_BLOCK.as_secs(),
             header_read_timeout_secs: crate::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            audio_burst_secs: micdrop_core::call_budget::DEFAULT_AUDIO_BURST.as_secs(),
             demo_page: true,
             demo_allowed_urls: Vec::new(),
             drain_timeout_secs: crate::drain::DEFAULT_DRAIN_TIMEOUT.as_secs(),
@@ -212,6 +222,11 @@ impl ServerSection {
     pub fn header_read_timeout(&self) -> Option<Duration> {
         (self.header_read_timeout_secs > 0)
             .then(|| Duration::from_secs(self.header_read_timeout_secs))
+    }
+
+    /// The audio burst allowance (`None` when 0: no check).
+    pub fn audio_burst(&self) -> Option<Duration> {
+        (self.audio_burst_secs > 0).then(|| Duration::from_secs(self.audio_burst_secs))
     }
 
     /// The drain timeout.
@@ -247,12 +262,26 @@ pub struct CallSection {
     /// Assistant audio is sent at real time plus this lead (ms); 0 sends it as fast as the TTS
     /// produces it.
     pub audio_lead_ms: u64,
+    /// How long the end of a user turn waits for its transcript before the answer is skipped
+    /// (ms). Default: 12 000, or 60 000 with `[stt] provider = "whisper"` (in-process, the
+    /// transcript always comes, but a busy CPU or a queue of turns can make it late).
+    pub transcript_timeout_ms: Option<u64>,
 }
 
 impl CallSection {
     /// The pacing lead of assistant audio (`None`: unpaced).
     pub fn audio_lead(&self) -> Option<Duration> {
         (self.audio_lead_ms > 0).then(|| Duration::from_millis(self.audio_lead_ms))
+    }
+
+    /// The transcript timeout: `transcript_timeout_ms`, else the default for the STT (see the
+    /// field).
+    pub fn transcript_timeout(&self, whisper: bool) -> Duration {
+        match self.transcript_timeout_ms {
+            Some(ms) => Duration::from_millis(ms.max(1)),
+            None if whisper => WHISPER_TRANSCRIPT_TIMEOUT,
+            None => micdrop_core::call::DEFAULT_TRANSCRIPT_TIMEOUT,
+        }
     }
 }
 
@@ -270,6 +299,7 @@ impl Default for CallSection {
             dictation: false,
             extract: None,
             audio_lead_ms: micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64,
+            transcript_timeout_ms: None,
         }
     }
 }
@@ -516,6 +546,24 @@ bearer_tokens = ["secret"]
         );
         assert_eq!(c.server.path, "/call");
         assert_eq!(c.auth.unwrap().tokens(), vec!["secret".to_owned()]);
+        assert_eq!(c.server.audio_burst(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn audio_burst_zero_disables_the_check() {
+        let c = Config::from_toml("[server]\naudio_burst_secs = 0\n", "t.toml").unwrap();
+        assert_eq!(c.server.audio_burst(), None);
+        let c = Config::from_toml("[server]\naudio_burst_secs = 2\n", "t.toml").unwrap();
+        assert_eq!(c.server.audio_burst(), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn the_transcript_timeout_is_longer_for_whisper_unless_set() {
+        let c = Config::from_toml("", "t.toml").unwrap();
+        assert_eq!(c.call.transcript_timeout(false), Duration::from_secs(12));
+        assert_eq!(c.call.transcript_timeout(true), WHISPER_TRANSCRIPT_TIMEOUT);
+        let c = Config::from_toml("[call]\ntranscript_timeout_ms = 3000\n", "t.toml").unwrap();
+        assert_eq!(c.call.transcript_timeout(true), Duration::from_secs(3));
     }
 
     #[test]

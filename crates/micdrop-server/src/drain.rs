@@ -97,17 +97,27 @@ impl App {
     }
 
     /// Runs until SIGTERM or SIGINT, then drains for at most [`App::drain_timeout`]; a second
-    /// signal ends the drain at once. What `micdrop serve` runs.
+    /// signal ends the drain at once.
+    ///
+    /// The handlers are installed when this is first polled: until then the signals still have
+    /// their default effect (SIGTERM ends the process at once). A program that announces itself
+    /// before (a banner that a supervisor or test waits for) installs them first with
+    /// [`Signals::new`] and calls [`run_until`](Self::run_until), as `micdrop serve` does.
     pub async fn run_until_signal(self) -> std::io::Result<DrainEnd> {
-        let mut signals = Signals::new()?;
+        Ok(self.run_until(Signals::new()?).await)
+    }
+
+    /// [`run_until_signal`](Self::run_until_signal) with handlers installed beforehand.
+    pub async fn run_until(self, mut signals: Signals) -> DrainEnd {
         signals.recv().await;
         let timeout = self.drain_timeout;
-        Ok(self.drain(timeout, signals.recv()).await)
+        self.drain(timeout, signals.recv()).await
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), as one stream.
-struct Signals {
+/// SIGTERM and SIGINT (Ctrl-C), as one stream. From [`Signals::new`] on, these signals no longer
+/// end the process: they are delivered here.
+pub struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -115,7 +125,8 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    /// Installs the handlers (within a Tokio runtime).
+    pub fn new() -> std::io::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -128,7 +139,8 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn recv(&mut self) {
+    /// The next SIGTERM or SIGINT (logged).
+    pub async fn recv(&mut self) {
         #[cfg(unix)]
         {
             let name = tokio::select! {

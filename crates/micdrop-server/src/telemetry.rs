@@ -215,6 +215,7 @@ pub fn outcome(reason: &EndReason) -> &'static str {
         EndReason::Idle => "idle",
         EndReason::Shutdown => "shutdown",
         EndReason::SocketError(_) => "error",
+        EndReason::AudioFlood(_) => "audio_flood",
     }
 }
 

@@ -672,8 +672,11 @@ pub(crate) struct Session {
     held: Option<(Utt, f64, Instant)>,
     /// Silence (audio time) that ends a user turn; 0 = every utterance is its own turn.
     turn_gap: f64,
-    /// No audio for this long (wall clock) also ends the turn.
+    /// No audio for this long (wall clock) also ends the turn (not in strict mode).
     turn_idle: Duration,
+    /// Strict mode (`strict_end_silence_ms`): the silence (audio time) after the last speech
+    /// that closes an utterance, the only way besides `stop_recording` and the session cap.
+    strict_end_silence: Option<f64>,
     utterances: Vec<Value>,
     partial_interval: f64,
     max_session_s: f64,
@@ -713,6 +716,8 @@ impl Session {
             held: None,
             turn_gap: script.turn_gap_ms as f64 / 1000.0,
             turn_idle: Duration::from_millis(script.turn_idle_ms),
+            strict_end_silence: (g.strict_end_silence_ms > 0)
+                .then(|| g.strict_end_silence_ms as f64 / 1000.0),
             utterances: Vec::new(),
             partial_interval: (g.partial_interval_ms as f64 / 1000.0).max(0.02),
             max_session_s: g.max_session_ms as f64 / 1000.0,
@@ -783,7 +788,7 @@ impl Session {
                 json!({"data": {"time": ms(end), "channel": 0}}),
             ));
         }
-        if self.turn_gap > 0.0 {
+        if self.turn_gap > 0.0 || self.strict_end_silence.is_some() {
             self.finalize_held(now, delay, out);
             self.held = Some((utt, end, now));
         } else {
@@ -894,10 +899,15 @@ impl Session {
                 SpeechEvent::End { end, .. } => self.end_speech(end, now, delay, &mut out),
             }
         }
+        // The held utterance closes after the turn gap (strict mode: the trailing silence).
+        let close_after = match self.strict_end_silence {
+            Some(s) => s - 1e-9,
+            None => self.turn_gap,
+        };
         if self
             .held
             .as_ref()
-            .is_some_and(|(_, end, _)| self.tracker.now() - end >= self.turn_gap)
+            .is_some_and(|(_, end, _)| self.tracker.now() - end >= close_after)
         {
             self.finalize_held(now, delay, &mut out);
         }
@@ -1086,7 +1096,7 @@ impl Session {
                         return Ok(Some(stream));
                     }
                 }
-                _ = sleep_until_opt(self.held.as_ref().map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
+                _ = sleep_until_opt(self.held.as_ref().filter(|_| self.strict_end_silence.is_none()).map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
                     // The client stopped streaming: the user turn is over.
                     let mut msgs = Vec::new();
                     self.finalize_held(Instant::now(), delay, &mut msgs);

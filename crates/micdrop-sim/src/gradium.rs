@@ -1337,6 +1337,24 @@ impl SttSession {
     }
 }
 
+/// Splits off the last `n` words of `msgs` (and what follows them: `end_text`), to be sent
+/// after `flushed`.
+fn late_words(msgs: &mut Vec<Value>, n: usize) -> Vec<Value> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let texts: Vec<usize> = msgs
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m["type"] == "text")
+        .map(|(i, _)| i)
+        .collect();
+    match texts.get(texts.len().saturating_sub(n)) {
+        Some(&at) => msgs.split_off(at),
+        None => Vec::new(),
+    }
+}
+
 async fn run_stt(
     state: Arc<SimState>,
     mut stream: SplitStream<WebSocket>,
@@ -1346,6 +1364,7 @@ async fn run_stt(
     let script = state.script();
     let g = &script.gradium;
     let final_delay = state.delay(g.stt_final_delay_ms);
+    let late_delay = state.delay(g.stt_words_after_flushed_ms);
     let ready_delay = state.delay(g.ready_delay_ms);
     let mut s = SttSession {
         decoder: None,
@@ -1483,9 +1502,16 @@ async fn run_stt(
                     tokio::time::sleep(final_delay).await;
                     let mut msgs = Vec::new();
                     s.finish(&mut msgs);
+                    let late = late_words(&mut msgs, g.stt_words_after_flushed);
                     msgs.push(json!({"type": "flushed", "flush_id": v["flush_id"].clone()}));
                     for m in msgs {
                         out.send(&m).await?;
+                    }
+                    if !late.is_empty() {
+                        tokio::time::sleep(late_delay).await;
+                        for m in late {
+                            out.send(&m).await?;
+                        }
                     }
                 }
                 "end_of_stream" => {

@@ -150,6 +150,13 @@ pub struct GladiaScript {
     pub max_session_ms: u64,
     /// Never send `audio_chunk` acknowledgments, even when asked for.
     pub drop_acks: bool,
+    /// Strict end of utterance (0: off, the default): an utterance is final only once this much
+    /// silence (audio time) follows its last speech; the client stopping its stream
+    /// (`turn_idle_ms`) does not close it, nor does `turn_gap_ms`. Models a Gladia that needs
+    /// trailing silence to close an utterance (missed or late finals when a client sends too
+    /// little, Pipecat issue 3405). Off, an utterance closes after `endpointing` and its final
+    /// comes when the turn gap is reached or the client stops streaming.
+    pub strict_end_silence_ms: u64,
     /// Faults to inject, consumed in order (see [`Fault`]).
     pub faults: Vec<Fault>,
 }
@@ -166,6 +173,7 @@ impl Default for GladiaScript {
             idle_close_code: 1000,
             max_session_ms: 3 * 3600 * 1000,
             drop_acks: false,
+            strict_end_silence_ms: 0,
             faults: Vec::new(),
         }
     }
@@ -204,6 +212,12 @@ pub struct GradiumScript {
     pub stt_word_interval_ms: u64,
     /// STT: wall-clock delay before answering a `flush`.
     pub stt_final_delay_ms: u64,
+    /// STT: the last this many words of a flush (and the `end_text` after them) come after
+    /// `flushed` instead of before it, as the real service may send them (0: none, the
+    /// default). A client that emits the transcript on `flushed` loses them.
+    pub stt_words_after_flushed: usize,
+    /// STT: wall-clock delay between `flushed` and those late words.
+    pub stt_words_after_flushed_ms: u64,
     /// Faults of the TTS socket, consumed in order.
     pub tts_faults: Vec<Fault>,
     /// Faults of the STT socket, consumed in order.
@@ -226,6 +240,8 @@ impl Default for GradiumScript {
             stt_min_speech_ms: 60,
             stt_word_interval_ms: 300,
             stt_final_delay_ms: 100,
+            stt_words_after_flushed: 0,
+            stt_words_after_flushed_ms: 50,
             tts_faults: Vec::new(),
             stt_faults: Vec::new(),
         }

@@ -561,3 +561,36 @@ async fn result_lookup_while_connected_and_after_the_end() {
     assert_eq!(done["result"]["transcription"]["full_transcript"], "Salut");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn strict_mode_closes_an_utterance_only_after_enough_trailing_silence() {
+    let sim = start(script(
+        "[sim]\ntranscripts = [\"Oui\"]\nturn_idle_ms = 50\n[sim.gladia]\nstrict_end_silence_ms = 1000",
+    ))
+    .await;
+    let (_, mut ws) = open(&sim.gladia_base_url(), config(false)).await;
+    // 0.6 s of speech, 0.5 s of silence, then the client stops streaming for a while: the
+    // default mode would send the final now (see the test above); strict mode waits for audio.
+    let mut a = speech(RATE, 0.6);
+    a.extend(silence(RATE, 0.5));
+    send_audio(&mut ws, &a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Then 100 ms chunks of silence: the final follows the chunk that completes 1 s of silence
+    // after the speech (byte 51,200 = 1.6 s of audio), not one before.
+    send_audio(&mut ws, &silence(RATE, 0.5)).await;
+    let mut last_ack = 0;
+    loop {
+        let m = next_json(&mut ws).await;
+        match m["type"].as_str() {
+            Some("audio_chunk") => last_ack = m["data"]["byte_range"][1].as_u64().unwrap(),
+            Some("transcript") => {
+                assert_eq!(m["data"]["utterance"]["text"], " Oui");
+                assert_eq!(m["data"]["utterance"]["end"], 0.6);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(last_ack, 51_200, "final after 1 s of trailing silence");
+    sim.shutdown().await;
+}

@@ -583,3 +583,35 @@ async fn stt_a_pause_inside_a_turn_keeps_one_script_entry() {
     assert_eq!(seq, ["Bonjour", "tout", "le", "monde", "|", "Merci", "|"]);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn stt_may_send_the_last_words_after_flushed() {
+    let sim = start(script(
+        "[sim]\ntranscripts = [\"Bonjour tout le monde\"]\n[sim.gradium]\nstt_words_after_flushed = 2",
+    ))
+    .await;
+    let mut ws = stt(&sim).await;
+    stt_setup(&mut ws, "pcm_16000").await;
+    let mut audio = speech(16000, 1.2);
+    audio.extend(silence(16000, 0.2));
+    send_stt_audio(&mut ws, &audio, 16000).await;
+    send_json(&mut ws, json!({"type": "flush", "flush_id": 3})).await;
+    let mut order = Vec::new();
+    loop {
+        let m = next_json(&mut ws).await;
+        match m["type"].as_str().unwrap() {
+            "text" => order.push(m["text"].as_str().unwrap().to_owned()),
+            "flushed" => order.push("<flushed>".into()),
+            "end_text" => {
+                order.push("<end_text>".into());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        order,
+        ["Bonjour", "tout", "<flushed>", "le", "monde", "<end_text>"]
+    );
+    sim.shutdown().await;
+}

@@ -636,6 +636,11 @@ pub fn end_fields(reason: &EndReason) -> (Option<u16>, Option<String>, &'static 
             e.close_code().map(|_| e.close_reason().to_owned()),
             "socket_error",
         ),
+        EndReason::AudioFlood(_) => (
+            Some(micdrop_core::call_budget::CLOSE_POLICY_VIOLATION),
+            Some(micdrop_core::call_budget::AUDIO_FLOOD_REASON.into()),
+            "audio_flood",
+        ),
     }
 }
 

@@ -69,8 +69,9 @@ impl Answer {
     }
 
     /// Cancels the answer: aborts the agent and returns the tool results it already produced
-    /// (still in its channel) and the tool calls left without a result, as (id, name).
-    pub fn cancel(mut self) -> (Vec<ConversationItem>, Vec<(String, String)>) {
+    /// (still in its channel) for calls already in the conversation. Calls left without a
+    /// result are the conversation's business (`Conversation::cancel_dangling_tool_calls`).
+    pub fn cancel(mut self) -> Vec<ConversationItem> {
         self.task.abort();
         let mut settled = Vec::new();
         while let Ok(ev) = self.events.try_recv() {
@@ -87,6 +88,6 @@ impl Answer {
                 }
             }
         }
-        (settled, std::mem::take(&mut self.open_tool_calls))
+        settled
     }
 }

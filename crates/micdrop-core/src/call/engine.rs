@@ -20,6 +20,7 @@ use super::{
     TurnLatencies,
 };
 use crate::agent::AgentEvent;
+use crate::call_budget::{AUDIO_FLOOD_REASON, AudioFlood, CLOSE_POLICY_VIOLATION};
 use crate::conversation::{Conversation, ConversationItem, Role};
 use crate::protocol::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientCommand, ClientFrame, ServerFrame, WsMessage,
@@ -275,7 +276,15 @@ impl CallTask {
                             ClientFrame::Close => break (EndReason::ClientClosed, None),
                             ClientFrame::Ignored => {}
                             ClientFrame::Command(c) => self.on_command(c),
-                            ClientFrame::Audio(pcm) => self.on_audio(pcm),
+                            ClientFrame::Audio(pcm) => {
+                                if let Some(flood) = self.on_audio(pcm) {
+                                    warn!(%flood, "audio faster than real time: closing the call");
+                                    break (
+                                        EndReason::AudioFlood(flood),
+                                        Some((CLOSE_POLICY_VIOLATION, AUDIO_FLOOD_REASON.into())),
+                                    );
+                                }
+                            }
                         },
                     }
                 }
@@ -312,6 +321,7 @@ impl CallTask {
             }
         };
         self.report_latencies(None);
+        self.report_stt_drops();
         Box::pin(self.finish(reason, close, client_close)).await
     }
 
@@ -442,9 +452,14 @@ impl CallTask {
 
     fn add_item(&mut self, item: ConversationItem) -> u64 {
         let id = self.conversation.push(item.clone());
+        self.announce(item);
+        id
+    }
+
+    /// Tells the client and the observer about an item added to the conversation.
+    fn announce(&mut self, item: ConversationItem) {
         self.send(ServerFrame::Message(item.clone()));
         self.emit(CallEvent::Message(item));
-        id
     }
 
     fn add_message(&mut self, role: Role, text: &str) -> Option<u64> {
@@ -476,15 +491,14 @@ impl CallTask {
 
     /// Rule 1: `cancel()`: the current answer, queued jobs, TTS, stale audio. Tool calls of the
     /// cancelled answer that have no result get one that says so (the model requires a result
-    /// for every call).
+    /// for every call: [`Conversation::cancel_dangling_tool_calls`]).
     fn cancel(&mut self) {
         if let Some(answer) = self.answer.take() {
-            let (settled, dangling) = answer.cancel();
-            for item in settled {
+            for item in answer.cancel() {
                 self.add_item(item);
             }
-            for (id, name) in dangling {
-                self.add_item(cancelled_tool_result(id, name));
+            for item in self.conversation.cancel_dangling_tool_calls() {
+                self.announce(item);
             }
         }
         self.queue.clear();
@@ -498,10 +512,24 @@ impl CallTask {
     }
 
     fn stt(&mut self, cmd: SttCommand) {
-        if let Some(stt) = &self.stt {
-            if let Err(e) = stt.commands.try_send(cmd) {
-                warn!(error = %e, "STT session not accepting commands");
+        let Some(stt) = &self.stt else {
+            return;
+        };
+        match stt.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(
+                mpsc::error::TrySendError::Full(SttCommand::Audio(pcm))
+                | mpsc::error::TrySendError::Closed(SttCommand::Audio(pcm)),
+            ) => {
+                // Counted, and reported once at the end of the turn (a flooding or stuck
+                // session would otherwise log one line per chunk).
+                if self.user.stt_dropped == 0 {
+                    warn!("STT session not accepting audio: losing it until it catches up");
+                }
+                self.user.stt_dropped += 1;
+                self.user.stt_dropped_bytes += pcm.len() as u64;
             }
+            Err(e) => warn!(error = %e, "STT session not accepting commands"),
         }
     }
 
@@ -522,7 +550,8 @@ impl CallTask {
                 if self.answer.is_some() || self.outbox.has_queued_audio() {
                     telemetry::barge_in();
                 }
-                self.user = UserTurn::next(&self.user);
+                self.report_stt_drops();
+                self.user = UserTurn::next(&self.user, self.config.audio_burst);
                 self.trace.start_turn(self.user.seq);
                 self.ensure_stt();
                 self.stt(SttCommand::StartTurn);
@@ -535,6 +564,7 @@ impl CallTask {
                     let transcribed = self.last_is_unanswered_user();
                     self.trace.stop_speaking(self.user.chunks > 0, transcribed);
                     self.stt(SttCommand::EndTurn);
+                    self.report_stt_drops();
                 }
                 if let Some(opened) = self.user.opened_at.filter(|_| was_open) {
                     debug!(
@@ -568,17 +598,19 @@ impl CallTask {
                 self.trace.mute();
                 if self.user.mute() {
                     self.stt(SttCommand::DiscardTurn);
+                    self.report_stt_drops();
                 }
                 self.cancel();
             }
         }
     }
 
-    // Rule 3.
-    fn on_audio(&mut self, pcm: Bytes) {
+    // Rule 3; a flood (audio faster than real time plus the burst) ends the call.
+    fn on_audio(&mut self, pcm: Bytes) -> Option<AudioFlood> {
         let keep = self.config.turn_detector.is_some();
         match self.user.accept_audio(&pcm, keep) {
             AudioVerdict::Ignored => {}
+            AudioVerdict::Flood(flood) => return Some(flood),
             AudioVerdict::Accepted => {
                 telemetry::user_audio(pcm.len());
                 if self.config.observer.is_some() {
@@ -586,6 +618,22 @@ impl CallTask {
                 }
                 self.stt(SttCommand::Audio(pcm));
             }
+        }
+        None
+    }
+
+    /// One warning for the user audio of the turn the STT session did not take (its queue was
+    /// full), instead of one per chunk.
+    fn report_stt_drops(&mut self) {
+        let chunks = std::mem::take(&mut self.user.stt_dropped);
+        let bytes = std::mem::take(&mut self.user.stt_dropped_bytes);
+        if chunks > 0 {
+            warn!(
+                chunks,
+                bytes,
+                audio_ms = bytes / 32,
+                "user audio lost: the STT session did not take it (its queue was full)"
+            );
         }
     }
 
@@ -867,15 +915,6 @@ impl CallTask {
             Control::Cancel => self.cancel(),
             Control::HangUp(..) => {}
         }
-    }
-}
-
-/// The result given to a tool call whose answer was interrupted before the tool returned.
-fn cancelled_tool_result(tool_call_id: String, tool_name: String) -> ConversationItem {
-    ConversationItem::ToolResult {
-        tool_call_id,
-        tool_name,
-        output: r#"{"error":"cancelled: the user interrupted the answer"}"#.into(),
     }
 }
 

@@ -4,8 +4,10 @@
 //! answer's agent events, the TTS session's audio, control commands from the embedding code,
 //! timers and shutdown, and writes the socket itself. Its state is a few owning values:
 //!
-//! - the user's turn (`UserTurn`: audio count, turn-detector samples and verdict, deadlines),
-//!   replaced by a new value at every `StartSpeaking`;
+//! - the user's turn (`UserTurn`: audio count and budget, turn-detector samples and verdict,
+//!   deadlines), replaced by a new value at every `StartSpeaking`. Its audio may run ahead of
+//!   real time by [`CallConfig::audio_burst`] at most; beyond, the call closes with 1008
+//!   `Audio faster than real time` ([`crate::call_budget`]);
 //! - the answer in progress (`Answer`); dropping it aborts the agent;
 //! - the `Outbox`: the frames waiting for the socket, the watermark below which audio is
 //!   cancelled, the PCM aligner and the pacing of assistant audio (real time plus
@@ -92,6 +94,11 @@ pub struct CallConfig {
     /// How far assistant audio may run ahead of real time (see [`DEFAULT_AUDIO_LEAD`]); `None`
     /// sends it as fast as the TTS produces it. A barge-in drops what has not been sent yet.
     pub audio_lead: Option<Duration>,
+    /// How far the user's audio may run ahead of real time in a turn (default
+    /// [`DEFAULT_AUDIO_BURST`](crate::call_budget::DEFAULT_AUDIO_BURST), 5 s); beyond, the call
+    /// closes with 1008 `Audio faster than real time`. `None`: no check (clients that send
+    /// recorded audio as fast as possible, such as `micdrop call --fast` in tests).
+    pub audio_burst: Option<Duration>,
 }
 
 /// An event of a running call, for the embedding code.
@@ -123,6 +130,7 @@ impl std::fmt::Debug for CallConfig {
             .field("partial_messages", &self.partial_messages)
             .field("call_id", &self.call_id)
             .field("audio_lead", &self.audio_lead)
+            .field("audio_burst", &self.audio_burst)
             .finish()
     }
 }
@@ -146,7 +154,13 @@ impl CallConfig {
             observer: None,
             call_id: None,
             audio_lead: Some(DEFAULT_AUDIO_LEAD),
+            audio_burst: Some(crate::call_budget::DEFAULT_AUDIO_BURST),
         }
+    }
+    /// Sets how far user audio may run ahead of real time (`None`: no check).
+    pub fn audio_burst(mut self, burst: Option<Duration>) -> Self {
+        self.audio_burst = burst;
+        self
     }
     /// Sets the call's id (default: a UUID v4 made when the call starts).
     pub fn call_id(mut self, id: impl Into<String>) -> Self {
@@ -223,6 +237,9 @@ pub enum EndReason {
     HungUp,
     /// A socket error (protocol error, invalid UTF-8, oversized frame, lost connection).
     SocketError(crate::socket::SocketError),
+    /// The client sent audio faster than real time beyond [`CallConfig::audio_burst`]: closed
+    /// with 1008 `Audio faster than real time`.
+    AudioFlood(crate::call_budget::AudioFlood),
 }
 
 /// The close frame that ended a call.

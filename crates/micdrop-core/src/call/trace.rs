@@ -259,5 +259,6 @@ fn outcome(reason: &EndReason) -> &'static str {
         EndReason::Idle => "idle",
         EndReason::Shutdown => "shutdown",
         EndReason::SocketError(_) => "error",
+        EndReason::AudioFlood(_) => "audio_flood",
     }
 }

@@ -1,8 +1,12 @@
 //! The user's turn as a value: opened by `StartSpeaking`, dropped and replaced by the next one
 //! (never reset field by field).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use crate::call_budget::{AudioBudget, AudioFlood};
 
 /// The turn detector's verdict on a user turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,9 @@ pub(super) enum AudioVerdict {
     Accepted,
     /// No turn is open (rule 3): dropped.
     Ignored,
+    /// The turn is ahead of real time by more than the burst allowance: the call closes
+    /// (1008), the chunk is not forwarded.
+    Flood(AudioFlood),
 }
 
 /// One user turn: its audio count, the samples for the turn detector, the prediction, and the
@@ -38,6 +45,13 @@ pub(super) struct UserTurn {
     pub chunks: u32,
     /// Audio bytes received while open.
     pub audio_bytes: u64,
+    /// Audio received against the time since the turn opened (`None`: no check).
+    budget: Option<AudioBudget>,
+    /// Audio chunks of the turn the STT session did not take (its queue was full), and their
+    /// bytes: reported in one warning per turn.
+    pub stt_dropped: u32,
+    /// Bytes of those chunks.
+    pub stt_dropped_bytes: u64,
     /// Samples of the turn, kept only when a turn detector is configured.
     pub samples: Vec<i16>,
     /// Turn detection state.
@@ -59,6 +73,9 @@ impl Default for UserTurn {
             opened_at: None,
             chunks: 0,
             audio_bytes: 0,
+            budget: None,
+            stt_dropped: 0,
+            stt_dropped_bytes: 0,
             samples: Vec::new(),
             prediction: Prediction::Complete,
             answer_waits_prediction: false,
@@ -71,11 +88,14 @@ impl Default for UserTurn {
 impl UserTurn {
     /// The turn that follows `previous` at `StartSpeaking` (rule 2): a fresh value. The
     /// prediction of the previous turn is carried over: it still governs an answer that waits.
-    pub fn next(previous: &UserTurn) -> Self {
+    /// `audio_burst`: how far its audio may run ahead of real time (`None`: no limit).
+    pub fn next(previous: &UserTurn, audio_burst: Option<Duration>) -> Self {
+        let now = Instant::now();
         Self {
             seq: previous.seq + 1,
             open: true,
-            opened_at: Some(Instant::now()),
+            opened_at: Some(now),
+            budget: audio_burst.map(|burst| AudioBudget::new(burst, now)),
             prediction: previous.prediction,
             ..Self::default()
         }
@@ -86,8 +106,12 @@ impl UserTurn {
         if !self.open {
             return AudioVerdict::Ignored;
         }
-        // Issue #11 finding 5 (audio-flood budget) belongs here: compare `audio_bytes` with the
-        // time since `opened_at` and answer a verdict that closes the call (1008) beyond it.
+        // Issue #11 finding 5: a person speaks in real time (plus a burst).
+        if let Some(budget) = self.budget.as_mut() {
+            if let Err(flood) = budget.accept(pcm.len(), Instant::now()) {
+                return AudioVerdict::Flood(flood);
+            }
+        }
         self.chunks += 1;
         self.audio_bytes += pcm.len() as u64;
         if keep_samples {
@@ -126,7 +150,7 @@ mod tests {
         t.samples.push(5);
         t.held_deadline = Some(Instant::now());
         t.prediction = Prediction::Incomplete;
-        let mut n = UserTurn::next(&t);
+        let mut n = UserTurn::next(&t, None);
         assert_eq!((n.seq, n.open, n.chunks), (1, true, 0));
         assert!(n.samples.is_empty() && n.held_deadline.is_none());
         assert_eq!(n.prediction, Prediction::Incomplete);
@@ -140,5 +164,32 @@ mod tests {
         );
         assert!(n.stop());
         assert!(!n.stop());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_takes_real_time_audio_plus_the_burst_and_refuses_a_flood() {
+        use tokio::time::advance;
+        let frame = Bytes::from(vec![0u8; 3200]); // 100 ms
+        let mut t = UserTurn::next(&UserTurn::default(), Some(Duration::from_secs(1)));
+        // 1 s at once (the burst), then 100 ms per 100 ms for a minute.
+        for _ in 0..10 {
+            assert_eq!(t.accept_audio(&frame, false), AudioVerdict::Accepted);
+        }
+        for _ in 0..600 {
+            advance(Duration::from_millis(100)).await;
+            assert_eq!(t.accept_audio(&frame, false), AudioVerdict::Accepted);
+        }
+        // One frame ahead of that is refused, and not counted as the turn's audio.
+        let chunks = t.chunks;
+        assert!(matches!(
+            t.accept_audio(&frame, false),
+            AudioVerdict::Flood(f) if f.burst == Duration::from_secs(1)
+        ));
+        assert_eq!(t.chunks, chunks);
+        // Without a burst setting there is no limit.
+        let mut t = UserTurn::next(&UserTurn::default(), None);
+        for _ in 0..10_000 {
+            assert_eq!(t.accept_audio(&frame, false), AudioVerdict::Accepted);
+        }
     }
 }

@@ -70,9 +70,13 @@ pub struct GladiaConfig {
     /// Any other init fields, deep-merged last into the init body (e.g.
     /// `{ pre_processing = { audio_enhancer = true } }`).
     pub settings: Map<String, Value>,
-    /// Silence sent at the end of a turn to force the final transcript (default: endpointing +
-    /// 300 ms).
+    /// Silence sent at once at the end of a turn to force the final transcript (default:
+    /// endpointing + 250 ms).
     pub finalize_silence_ms: Option<u64>,
+    /// When no final came shortly after that first burst, silence keeps being fed (in real time)
+    /// until the final, up to this much silence in total for the turn (default 2000 ms; at most
+    /// `finalize_silence_ms`: no feeding).
+    pub max_finalize_silence_ms: u64,
     /// After the end of a turn, how long to wait for a transcript before emitting `""`.
     pub transcription_timeout_ms: u64,
     /// Connect timeout (init request and WebSocket handshake).
@@ -111,6 +115,7 @@ impl Default for GladiaConfig {
             partial_transcripts: false,
             settings: Map::new(),
             finalize_silence_ms: None,
+            max_finalize_silence_ms: 2000,
             transcription_timeout_ms: 4000,
             connect_timeout_ms: 5000,
             max_retries: 3,

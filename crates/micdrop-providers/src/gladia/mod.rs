@@ -5,11 +5,16 @@
 //! [`SttEvent::Transcript`](micdrop_core::stt::SttEvent::Transcript), partials (when enabled) [`SttEvent::Partial`](micdrop_core::stt::SttEvent::Partial).
 //!
 //! **End of turn.** On [`SttCommand::EndTurn`](micdrop_core::stt::SttCommand::EndTurn) the session sends a burst of silence of
-//! `endpointing + 250 ms` (not 2 s as Micdrop does): Gladia closes an utterance after
-//! `endpointing` seconds of silence *in the audio*, so the final comes as soon as that much
-//! silence is processed; more silence only adds billed audio. `stop_recording` would finalize
-//! too, but it ends the session: every turn would then pay a new init request and handshake, and
-//! a pre-opened next session would exceed the 1-session concurrency of free plans.
+//! `endpointing + 250 ms` (the fast path): Gladia closes an utterance after `endpointing`
+//! seconds of silence *in the audio*, so the final usually comes as soon as that much silence is
+//! processed. Gladia does not always close an utterance on so little trailing silence (Pipecat
+//! issue 3405: missed utterances, late batched finals; Micdrop sends 2 s), so when no final has
+//! come [`FEED_AFTER`] after the burst the session keeps feeding silence in real time (100 ms
+//! every 100 ms) until a final arrives or `max_finalize_silence_ms` (2 s) of silence in total
+//! has been sent: 1 s in total about 1 s after the end of the turn, well within 3 s.
+//! `stop_recording` would finalize too, but it ends the session: every turn would then pay a new
+//! init request and handshake, and a pre-opened next session would exceed the 1-session
+//! concurrency of free plans.
 //! If no transcript comes within `transcription_timeout_ms` (4 s) although the server is alive
 //! (acknowledgments keep coming), the turn yields `Transcript("")`.
 //!
@@ -43,6 +48,10 @@ use crate::secret::ApiKey;
 
 const NAME: &str = "gladia";
 const BYTES_PER_SEC: f64 = (MICDROP_RATE * 2) as f64;
+/// How long after the first burst of finalize silence a missing final starts the feeding.
+pub const FEED_AFTER: Duration = Duration::from_millis(300);
+/// Silence fed per step (one step per this much time: real time).
+const FEED_STEP: Duration = Duration::from_millis(100);
 
 /// Gladia live speech-to-text (see the module docs).
 #[derive(Debug, Clone)]
@@ -59,6 +68,12 @@ struct Shared {
     connect_timeout: Duration,
     transcription_timeout: Duration,
     finalize_silence: Bytes,
+    /// Duration of `finalize_silence`.
+    first_silence: Duration,
+    /// Silence fed in total at most (first burst included).
+    max_silence: Duration,
+    /// One step of fed silence ([`FEED_STEP`]).
+    feed_step: Bytes,
     keepalive: Duration,
     link: LinkPolicy,
     partials: bool,
@@ -91,6 +106,9 @@ impl GladiaStt {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 transcription_timeout: Duration::from_millis(config.transcription_timeout_ms),
                 finalize_silence: silence(MICDROP_RATE, silence_ms),
+                first_silence: Duration::from_millis(silence_ms),
+                max_silence: Duration::from_millis(config.max_finalize_silence_ms),
+                feed_step: silence(MICDROP_RATE, FEED_STEP.as_millis() as u64),
                 keepalive: Duration::from_millis(config.keepalive_ms.max(1000)),
                 link: config.link_policy(),
                 partials: config.partial_transcripts,

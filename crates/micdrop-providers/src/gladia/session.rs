@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::messages::{ServerMessage, parse_message};
-use super::{BYTES_PER_SEC, NAME, Shared};
+use super::{BYTES_PER_SEC, FEED_AFTER, FEED_STEP, NAME, Shared};
 use crate::http::{reqwest_error, status_error};
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent};
 use crate::ws::{self, WsStream, sleep_opt};
@@ -68,6 +69,58 @@ struct Finalizing {
     deadline: Instant,
     got_transcript: bool,
     heard_server: bool,
+    /// The silence sent after the end of the turn, and when more is due.
+    feed: SilenceFeed,
+}
+
+/// The finalize silence of one turn: a first burst at once, then (while no final came) one
+/// [`FEED_STEP`] per [`FEED_STEP`] of time from [`FEED_AFTER`] after the burst on, until `max` in
+/// total.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SilenceFeed {
+    sent: Duration,
+    max: Duration,
+    /// When the next step is due (`None`: feeding is over).
+    next_at: Option<Instant>,
+}
+
+impl SilenceFeed {
+    /// The first burst (`first`) was sent at `now`.
+    pub(super) fn after_burst(first: Duration, max: Duration, now: Instant) -> Self {
+        Self {
+            sent: first,
+            max,
+            next_at: (first < max).then_some(now + FEED_AFTER),
+        }
+    }
+
+    /// When the next step is due.
+    pub(super) fn next_at(&self) -> Option<Instant> {
+        self.next_at
+    }
+
+    /// Silence sent so far.
+    pub(super) fn sent(&self) -> Duration {
+        self.sent
+    }
+
+    /// At `now`: the silence to send now (`None`: nothing, feeding over or not due).
+    pub(super) fn due(&mut self, now: Instant) -> Option<Duration> {
+        let at = self.next_at?;
+        if now < at {
+            return None;
+        }
+        let step = FEED_STEP.min(self.max.saturating_sub(self.sent));
+        self.sent += step;
+        // Real time: a late wake-up sends the missed steps at once.
+        self.next_at = (self.sent < self.max).then_some(at + FEED_STEP);
+        (!step.is_zero()).then_some(step)
+    }
+
+    /// A final came: no more silence.
+    pub(super) fn stop(&mut self) {
+        self.next_at = None;
+    }
 }
 
 pub(super) struct Session {
@@ -92,6 +145,7 @@ enum Wake {
     Cmd(Option<SttCommand>),
     Link(LinkEvent<Opened>),
     Deadline,
+    Feed,
     Keepalive,
 }
 
@@ -130,11 +184,17 @@ impl Session {
                 .is_up()
                 .then(|| self.last_sent_at + self.sh.keepalive);
             let deadline = self.finalizing.as_ref().map(|f| f.deadline);
+            let feed_at = self
+                .finalizing
+                .as_ref()
+                .and_then(|f| f.feed.next_at())
+                .filter(|_| self.link.is_up());
             let wake = tokio::select! {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
                 e = self.link.next() => Wake::Link(e),
                 _ = sleep_opt(deadline) => Wake::Deadline,
+                _ = sleep_opt(feed_at) => Wake::Feed,
                 _ = sleep_opt(keepalive_at) => Wake::Keepalive,
             };
             let ok = match wake {
@@ -153,6 +213,10 @@ impl Session {
                     true
                 }
                 Wake::Deadline => self.on_deadline().await,
+                Wake::Feed => {
+                    self.feed_silence().await;
+                    true
+                }
                 Wake::Keepalive => {
                     let msg = json!({"type": "audio_chunk", "data": {"chunk": ""}}).to_string();
                     self.send(Message::text(msg)).await;
@@ -219,6 +283,11 @@ impl Session {
                     deadline: Instant::now() + self.sh.transcription_timeout,
                     got_transcript: self.turn_transcripts > 0,
                     heard_server: false,
+                    feed: SilenceFeed::after_burst(
+                        self.sh.first_silence,
+                        self.sh.max_silence,
+                        Instant::now(),
+                    ),
                 });
                 if self.failed {
                     // Already gave up on this turn's audio (Failed was emitted).
@@ -238,8 +307,37 @@ impl Session {
         true
     }
 
+    /// The first burst of the turn's finalize silence (again after a reconnection); the feeding
+    /// restarts from it.
     async fn send_finalize_silence(&mut self) {
         let s = self.sh.finalize_silence.clone();
+        self.bytes_sent += s.len() as u64;
+        self.send(Message::binary(s)).await;
+        if let Some(f) = self.finalizing.as_mut() {
+            f.feed = SilenceFeed::after_burst(
+                self.sh.first_silence,
+                self.sh.max_silence,
+                Instant::now(),
+            );
+        }
+    }
+
+    /// No final yet after the first burst: one more step of silence.
+    async fn feed_silence(&mut self) {
+        let Some(f) = self.finalizing.as_mut() else {
+            return;
+        };
+        let Some(step) = f.feed.due(Instant::now()) else {
+            return;
+        };
+        if f.feed.sent() <= self.sh.first_silence + FEED_STEP {
+            debug!("no final after the first burst of silence: feeding more");
+        }
+        let bytes = whole_samples((step.as_secs_f64() * BYTES_PER_SEC) as u64) as usize;
+        let s = self
+            .sh
+            .feed_step
+            .slice(..bytes.min(self.sh.feed_step.len()));
         self.bytes_sent += s.len() as u64;
         self.send(Message::binary(s)).await;
     }
@@ -398,6 +496,10 @@ impl Session {
                             _ => break,
                         }
                     }
+                }
+                if let Some(f) = self.finalizing.as_mut() {
+                    // The utterance closed: no more silence needed.
+                    f.feed.stop();
                 }
                 if trimmed.is_empty() {
                     return true;

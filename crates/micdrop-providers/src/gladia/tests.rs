@@ -222,3 +222,43 @@ fn french_is_the_default_language() {
     let b = init_body(&GladiaConfig::default());
     assert_eq!(b["language_config"]["languages"], json!(["fr"]));
 }
+
+#[test]
+fn the_silence_feed_reaches_one_second_within_three_and_stops_at_the_maximum() {
+    use super::session::SilenceFeed;
+    let t0 = tokio::time::Instant::now();
+    let ms = Duration::from_millis;
+    let mut f = SilenceFeed::after_burst(ms(300), ms(2000), t0);
+    assert_eq!(f.next_at(), Some(t0 + FEED_AFTER));
+    assert_eq!(
+        f.due(t0 + ms(100)),
+        None,
+        "the fast path gets its chance first"
+    );
+    // Woken at each due time: 100 ms of silence per 100 ms.
+    let mut one_second_at = None;
+    while let Some(at) = f.next_at() {
+        assert_eq!(f.due(at), Some(ms(100)));
+        if f.sent() >= ms(1000) && one_second_at.is_none() {
+            one_second_at = Some(at - t0);
+        }
+    }
+    assert_eq!(f.sent(), ms(2000), "up to 2 s in total");
+    let one = one_second_at.unwrap();
+    assert!(one <= ms(1100), "1 s in total after {one:?}");
+    // A late wake-up catches up with real time; the last step is cut to the maximum.
+    let mut f = SilenceFeed::after_burst(ms(250), ms(1000), t0);
+    let late = t0 + ms(5000);
+    let mut steps = Vec::new();
+    while let Some(s) = f.due(late) {
+        steps.push(s.as_millis());
+    }
+    assert_eq!(steps, [100, 100, 100, 100, 100, 100, 100, 50]);
+    assert_eq!(f.sent(), ms(1000));
+    // A final stops it; a maximum not above the burst never feeds.
+    let mut f = SilenceFeed::after_burst(ms(300), ms(2000), t0);
+    f.stop();
+    assert_eq!(f.due(late), None);
+    let f = SilenceFeed::after_burst(ms(300), ms(300), t0);
+    assert_eq!(f.next_at(), None);
+}

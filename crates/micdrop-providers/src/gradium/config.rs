@@ -97,6 +97,9 @@ pub struct GradiumSttConfig {
     pub json_config: Map<String, Value>,
     /// After the end of a turn, how long to wait for `flushed` before emitting what was heard.
     pub transcription_timeout_ms: u64,
+    /// After the matching `flushed`, how long words are still collected before the transcript
+    /// is emitted (Gradium may send the last words just after `flushed`; Pipecat waits 150 ms).
+    pub flushed_grace_ms: u64,
     /// Connect timeout (handshake and `ready`).
     pub connect_timeout_ms: u64,
     /// Reconnections before giving up.
@@ -129,6 +132,7 @@ impl Default for GradiumSttConfig {
             delay_in_frames: None,
             json_config: Map::new(),
             transcription_timeout_ms: 4000,
+            flushed_grace_ms: 150,
             connect_timeout_ms: 5000,
             max_retries: 3,
             retry_delay_ms: 1000,

@@ -6,7 +6,8 @@
 //!   `end_of_stream` at the end of the utterance; audio of cancelled utterances dropped;
 //!   utterances spoken in order; reconnection re-sends the unspoken text.
 //! - [`GradiumStt`]: one socket per call; `flush` at the end of each turn, the transcript is
-//!   emitted on the matching `flushed`.
+//!   emitted `flushed_grace_ms` (150 ms) after the matching `flushed` (words may still come
+//!   just after it).
 
 mod config;
 mod messages;

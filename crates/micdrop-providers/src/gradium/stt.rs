@@ -40,6 +40,7 @@ struct Shared {
     setup: Value,
     connect_timeout: Duration,
     transcription_timeout: Duration,
+    flushed_grace: Duration,
     link: LinkPolicy,
 }
 
@@ -72,6 +73,7 @@ impl GradiumStt {
                 setup,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 transcription_timeout: Duration::from_millis(config.transcription_timeout_ms),
+                flushed_grace: Duration::from_millis(config.flushed_grace_ms),
                 link: config.link_policy(),
             }),
         })
@@ -95,8 +97,12 @@ impl SpeechToText for GradiumStt {
 
 struct Finalizing {
     flush_id: u64,
+    /// Until `flushed`: the transcription timeout; after it, the end of the grace period.
     deadline: Instant,
     heard_server: bool,
+    /// The matching `flushed` came: the words that still arrive until `deadline` belong to
+    /// the turn (Gradium may send the last ones just after `flushed`).
+    flushed: bool,
 }
 
 /// Opens a Gradium STT socket: handshake, `setup`, then `ready`.
@@ -254,6 +260,7 @@ impl Session {
                     flush_id,
                     deadline: Instant::now() + self.sh.transcription_timeout,
                     heard_server: false,
+                    flushed: false,
                 });
                 if self.link.is_up() {
                     self.send_flush(flush_id).await;
@@ -334,7 +341,9 @@ impl Session {
     /// that never worked gives up. Idle: reopened at the next turn.
     fn on_lost(&mut self, kind: ProviderErrorKind) {
         let kind = self.server_error.take().unwrap_or(kind);
-        if !self.active() {
+        let flushed = self.finalizing.as_ref().is_some_and(|f| f.flushed);
+        if !self.active() || flushed {
+            // Idle, or the turn is transcribed (its grace period ends on the deadline).
             debug!(error = %kind, "gradium stt socket closed while idle; will reopen at the next turn");
             return;
         }
@@ -378,17 +387,22 @@ impl Session {
                 self.emit(SttEvent::Partial(partial)).await
             }
             ServerMessage::Flushed { flush_id } => {
-                let Some(f) = &self.finalizing else {
+                let grace = self.sh.flushed_grace;
+                let Some(f) = self.finalizing.as_mut().filter(|f| !f.flushed) else {
                     return true;
                 };
                 if id_string(&flush_id) != f.flush_id.to_string() {
                     debug!(?flush_id, "flushed for an older flush");
                     return true;
                 }
-                self.finalizing = None;
+                // Words may still come just after `flushed`: collect them for a moment.
+                f.flushed = true;
+                f.deadline = Instant::now() + grace;
                 self.pending.clear();
-                let text = self.take_text();
-                self.emit(SttEvent::Transcript(text)).await
+                if grace.is_zero() {
+                    return self.on_deadline().await;
+                }
+                true
             }
             ServerMessage::Error { code, message, .. } => {
                 // The close follows; it is handled as a loss with this error.
@@ -415,6 +429,11 @@ impl Session {
         let Some(f) = self.finalizing.take() else {
             return true;
         };
+        if f.flushed {
+            // The grace period after `flushed` is over: the turn's transcript.
+            let text = self.take_text();
+            return self.emit(SttEvent::Transcript(text)).await;
+        }
         if !self.link.is_up() || !f.heard_server {
             // Reconnecting, or a socket that says nothing (steps come every 80 ms on a live
             // one): treat as dead, bounded by the retries.
