@@ -7,42 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use micdrop_core::call::{CallClose, CallConfig, CallEnd, EndReason};
+use micdrop_core::call::{CallClose, CallConfig, EndReason};
 use micdrop_core::stt::{SpeechToText, SttCommand, SttSessionIo};
-use micdrop_server::{RunningServer, ServerOptions, start};
 use micdrop_testkit::{Frame, ScriptedStt, WsClient};
 
-struct Harness {
-    server: RunningServer,
-    ends: Arc<Mutex<Vec<CallEnd>>>,
-}
-
-impl Harness {
-    async fn start(config: CallConfig) -> Self {
-        let mut options = ServerOptions::with_template(config);
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = ends.clone();
-        options.on_end = Some(Arc::new(move |end| e.lock().unwrap().push(end)));
-        let server = start("127.0.0.1:0".parse().unwrap(), options)
-            .await
-            .unwrap();
-        Self { server, ends }
-    }
-
-    async fn client(&self) -> WsClient {
-        WsClient::connect(&self.server.ws_url("/call")).await
-    }
-
-    async fn wait_end(&self) -> CallEnd {
-        for _ in 0..500 {
-            if let Some(e) = self.ends.lock().unwrap().pop() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the call did not end");
-    }
-}
+mod common;
+use common::Harness;
 
 /// The largest frame the server takes (64,000 of the 65,536 bytes): 2 s of PCM.
 const TWO_SECONDS: usize = 64_000;

@@ -11,43 +11,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use micdrop_core::Role;
 use micdrop_core::agent::{Agent, Tool};
-use micdrop_core::call::{CallClose, CallConfig, CallEnd, CallEvent, TurnLatencies};
+use micdrop_core::call::{CallClose, CallConfig, CallEvent, TurnLatencies};
 use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo};
-use micdrop_server::{RunningServer, ServerOptions, start};
 use micdrop_testkit::{Frame, ModelStep, ScriptedModel, ScriptedStt, ScriptedTts, WsClient};
 use serde_json::json;
 
-struct Harness {
-    server: RunningServer,
-    ends: Arc<Mutex<Vec<CallEnd>>>,
-}
-
-impl Harness {
-    async fn start(config: CallConfig) -> Self {
-        let mut options = ServerOptions::with_template(config);
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = ends.clone();
-        options.on_end = Some(Arc::new(move |end| e.lock().unwrap().push(end)));
-        let server = start("127.0.0.1:0".parse().unwrap(), options)
-            .await
-            .unwrap();
-        Self { server, ends }
-    }
-
-    async fn client(&self) -> WsClient {
-        WsClient::connect(&self.server.ws_url("/call")).await
-    }
-
-    async fn wait_end(&self) -> CallEnd {
-        for _ in 0..300 {
-            if let Some(e) = self.ends.lock().unwrap().pop() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the call did not end");
-    }
-}
+mod common;
+use common::Harness;
 
 async fn turn(c: &mut WsClient, chunks: usize) {
     c.text("StartSpeaking").await;

@@ -5,57 +5,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use micdrop_core::agent::{Agent, BeforeAnswer, Extract, Tool};
-use micdrop_core::call::{CallConfig, CallEnd};
+use micdrop_core::call::CallConfig;
 use micdrop_core::stt::SttCommand;
 use micdrop_core::tts::TtsCommand;
 use micdrop_core::{ConversationItem, Role};
-use micdrop_server::{RunningServer, ServerOptions, start};
+use micdrop_server::ServerOptions;
 use micdrop_testkit::{
     Frame, ModelStep, ScriptedModel, ScriptedStt, ScriptedTts, SttScript, WsClient,
 };
 use serde_json::json;
 
+mod common;
+use common::Harness;
+
 const SYSTEM: &str = "You are a test.";
 const QUIET: Duration = Duration::from_millis(300);
-
-struct Harness {
-    server: RunningServer,
-    ends: Arc<Mutex<Vec<CallEnd>>>,
-}
-
-impl Harness {
-    async fn start(config: CallConfig) -> Self {
-        Self::with_options(ServerOptions::with_template(config), |_| {}).await
-    }
-
-    async fn with_options(
-        mut options: ServerOptions,
-        tweak: impl FnOnce(&mut ServerOptions),
-    ) -> Self {
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = ends.clone();
-        options.on_end = Some(Arc::new(move |end| e.lock().unwrap().push(end)));
-        tweak(&mut options);
-        let server = start("127.0.0.1:0".parse().unwrap(), options)
-            .await
-            .unwrap();
-        Self { server, ends }
-    }
-
-    async fn client(&self) -> WsClient {
-        WsClient::connect(&self.server.ws_url("/call")).await
-    }
-
-    async fn wait_end(&self) -> CallEnd {
-        for _ in 0..200 {
-            if let Some(e) = self.ends.lock().unwrap().pop() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the call did not end");
-    }
-}
 
 fn msg(item: serde_json::Value) -> String {
     format!("Message {item}")
