@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use micdrop_core::protocol::{CLOSE_NORMAL, ClientCommand, ServerFrame, ToolCallOutput, WsMessage};
 use micdrop_core::{ConversationItem, Role};
 use serde_json::Value;
@@ -258,6 +258,7 @@ impl Client {
             processing: true,
             playback_until: None,
             ws: None,
+            ended: None,
             commands: rx,
         };
         let task = tokio::spawn(task.run());
@@ -412,8 +413,14 @@ struct Task {
     /// When the simulated speaker runs out of audio.
     playback_until: Option<tokio::time::Instant>,
     ws: Option<Ws>,
+    /// The end of the socket (close, error), read while taking in what had already arrived
+    /// before a `StartSpeaking` (see [`Task::take_received`]); handled next.
+    ended: Option<WsRead>,
     commands: mpsc::Receiver<Cmd>,
 }
+
+/// What reading the socket gave (`None`: the stream ended).
+type WsRead = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
 
 impl Task {
     async fn emit(&mut self, event: Event) {
@@ -475,6 +482,7 @@ impl Task {
                     self.emit(Event::Connected { reconnection }).await;
                     let end = self.connected().await;
                     self.ws = None;
+                    self.ended = None;
                     end
                 }
                 Err(e) => {
@@ -571,6 +579,11 @@ impl Task {
 
     async fn connected(&mut self) -> ConnEnd {
         loop {
+            if let Some(read) = self.ended.take() {
+                if let Some(end) = self.on_read(read).await {
+                    return end;
+                }
+            }
             let playback = self.playback_until;
             let Some(ws) = self.ws.as_mut() else {
                 return ConnEnd::Closed(1006, "no socket".into());
@@ -584,25 +597,56 @@ impl Task {
                     }
                     Some(cmd) => self.on_command(cmd).await,
                 },
-                msg = ws.next() => match msg {
-                    None => return ConnEnd::Closed(1006, "socket ended".into()),
-                    Some(Err(e)) => return ConnEnd::Closed(1006, e.to_string()),
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                            (u16::from(f.code), f.reason.as_str().to_owned())
-                        });
-                        return ConnEnd::Closed(code, reason);
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        self.on_server(WsMessage::Text(t.as_str().to_owned())).await;
-                    }
-                    Some(Ok(Message::Binary(b))) => self.on_server(WsMessage::Binary(b)).await,
-                    Some(Ok(_)) => {}
+                read = ws.next() => if let Some(end) = self.on_read(read).await {
+                    return end;
                 },
                 _ = sleep_until(playback) => {
                     self.playback_until = None;
                     self.notify().await;
                 }
+            }
+        }
+    }
+
+    /// Handles what reading the socket gave; `Some` when the connection is over.
+    async fn on_read(&mut self, read: WsRead) -> Option<ConnEnd> {
+        match read {
+            None => return Some(ConnEnd::Closed(1006, "socket ended".into())),
+            Some(Err(e)) => return Some(ConnEnd::Closed(1006, e.to_string())),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.as_str().to_owned())
+                });
+                return Some(ConnEnd::Closed(code, reason));
+            }
+            Some(Ok(Message::Text(t))) => {
+                self.on_server(WsMessage::Text(t.as_str().to_owned())).await;
+            }
+            Some(Ok(Message::Binary(b))) => self.on_server(WsMessage::Binary(b)).await,
+            Some(Ok(_)) => {}
+        }
+        None
+    }
+
+    /// Handles the server frames that have already arrived (they wait in the socket's buffers)
+    /// before the client acts on what it heard: a `StartSpeaking` interrupts what came before it,
+    /// and only the frames that arrive after it are late. A close or error read here is kept for
+    /// the connected loop.
+    async fn take_received(&mut self) {
+        // Tokio learns that the socket is readable from its I/O driver: a yield lets the runtime
+        // poll the driver before this task goes on.
+        tokio::task::yield_now().await;
+        while self.ended.is_none() {
+            let Some(ws) = self.ws.as_mut() else { return };
+            let Some(read) = ws.next().now_or_never() else {
+                return;
+            };
+            match read {
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    let _ = self.on_read(read).await;
+                }
+                Some(Ok(_)) => {}
+                end => self.ended = Some(end),
             }
         }
     }
@@ -642,6 +686,7 @@ impl Task {
         {
             return;
         }
+        self.take_received().await;
         self.send_command(ClientCommand::StartSpeaking).await;
         // Interruption: stop the speaker at once, forget the partial answer.
         self.state.is_user_speaking = true;

@@ -249,6 +249,59 @@ async fn vad_cuts_a_continuous_source_into_a_turn() {
     client.stop().await;
 }
 
+/// Audio that has already arrived (waiting in the socket) when the user starts speaking is taken
+/// in before the `StartSpeaking`: only frames that arrive after it are late. The bench's barge-in
+/// figures count those; before, a command went first and the rest of a burst already received
+/// counted as late.
+#[tokio::test(flavor = "current_thread")]
+async fn frames_received_before_start_speaking_are_taken_in_first() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    // The server on its own thread: it writes while this test's only thread is blocked.
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            wait_go.recv().unwrap();
+            for _ in 0..5 {
+                ws.feed(Message::Binary(vec![0u8; 3200].into()))
+                    .await
+                    .unwrap();
+            }
+            ws.flush().await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        });
+    });
+    let (client, mut rx) = Client::start(ClientOptions::new(format!("ws://{addr}/")));
+    until(&mut rx, |e| matches!(e, Event::Connected { .. })).await;
+    go.send(()).unwrap();
+    // Block the runtime's only thread: the client task cannot read while the five frames land
+    // in its socket; then the user starts speaking.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client.start_speaking().await);
+    let (_, seen) = until(&mut rx, |e| *e == Event::Sent(ClientCommand::StartSpeaking)).await;
+    let heard = seen
+        .iter()
+        .filter(|e| matches!(e, Event::AssistantAudio(_)))
+        .count();
+    assert_eq!(heard, 5, "{seen:?}");
+    client.stop().await;
+    server.join().unwrap();
+}
+
 #[tokio::test]
 async fn barge_in_stops_playback_and_pause_sends_mute() {
     // A long greeting streamed slowly: the user interrupts it.

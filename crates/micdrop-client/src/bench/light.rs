@@ -72,7 +72,7 @@ pub(super) async fn caller(
             a.error_samples.push(e);
         }
     };
-    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let ws = match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
         Ok((ws, _)) => ws,
         Err(e) => return fail(format!("connect: {e}")),
     };
