@@ -53,6 +53,7 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MICDROP_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter_max = filter.max_level_hint();
     // Colours only on a terminal: log files and collectors get plain text.
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -70,6 +71,8 @@ fn init_tracing(format: LogFormat) {
             .with(cap)
             .init(),
     }
+    // After `init`, which opens the `log` facade to every level.
+    micdrop_server::logging::cap_log_facade(filter_max);
 }
 
 #[tokio::main]

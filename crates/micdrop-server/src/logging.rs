@@ -9,14 +9,39 @@
 //! params (user content only at `debug`).
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{FilterFn, filter_fn};
+use tracing_subscriber::filter::{FilterFn, LevelFilter, filter_fn};
 
 /// The most verbose level allowed to targets outside micdrop's crates.
 pub const DEPENDENCY_MAX_LEVEL: Level = Level::INFO;
 
 /// Whether an event or span of `meta` may be logged at all (before the user's filter).
 pub fn allowed(meta: &Metadata<'_>) -> bool {
-    is_own_target(meta.target()) || *meta.level() <= DEPENDENCY_MAX_LEVEL
+    *meta.level() <= DEPENDENCY_MAX_LEVEL || is_own_target(meta.target())
+}
+
+/// The max level of the `log` facade, through which the dependencies log (tungstenite, hyper,
+/// reqwest...; micdrop's own crates use `tracing`): what the log filter may show (`filter_max`,
+/// e.g. `EnvFilter::max_level_hint`; `None`: unknown), capped at [`DEPENDENCY_MAX_LEVEL`].
+pub fn log_facade_level(filter_max: Option<LevelFilter>) -> log::LevelFilter {
+    let level = filter_max.map_or(LevelFilter::from_level(DEPENDENCY_MAX_LEVEL), |f| {
+        f.min(LevelFilter::from_level(DEPENDENCY_MAX_LEVEL))
+    });
+    match level.into_level() {
+        None => log::LevelFilter::Off,
+        Some(Level::ERROR) => log::LevelFilter::Error,
+        Some(Level::WARN) => log::LevelFilter::Warn,
+        Some(Level::INFO) => log::LevelFilter::Info,
+        Some(Level::DEBUG) => log::LevelFilter::Debug,
+        Some(Level::TRACE) => log::LevelFilter::Trace,
+    }
+}
+
+/// Sets the `log` facade's max level (call it after installing the subscriber, which sets it
+/// to trace). Without it every `trace!` of tungstenite (several per frame read or written) went
+/// through the subscriber's filters at run time: half of the server's instructions per turn
+/// (`scripts/bench-callgrind`), for records that were then dropped.
+pub fn cap_log_facade(filter_max: Option<LevelFilter>) {
+    log::set_max_level(log_facade_level(filter_max));
 }
 
 /// micdrop's own crates (`micdrop_core`, `micdrop_server`, ..., the `micdrop` binary).
@@ -33,6 +58,28 @@ pub fn dependency_cap() -> FilterFn<fn(&Metadata<'_>) -> bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_facade_is_capped_at_the_filter_and_at_info() {
+        assert_eq!(
+            log_facade_level(Some(LevelFilter::WARN)),
+            log::LevelFilter::Warn
+        );
+        assert_eq!(
+            log_facade_level(Some(LevelFilter::TRACE)),
+            log::LevelFilter::Info
+        );
+        assert_eq!(log_facade_level(None), log::LevelFilter::Info);
+        assert_eq!(
+            log_facade_level(Some(LevelFilter::OFF)),
+            log::LevelFilter::Off
+        );
+        // The only test of this binary that touches the global level.
+        log::set_max_level(log::LevelFilter::Trace);
+        cap_log_facade(Some(LevelFilter::WARN));
+        assert!(log::Level::Trace > log::max_level() && log::Level::Info > log::max_level());
+        assert!(log::Level::Warn <= log::max_level());
+    }
 
     #[test]
     fn own_targets_only() {
