@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use micdrop_core::protocol::{CLOSE_NORMAL, ClientCommand, ServerFrame, ToolCallOutput, WsMessage};
+use micdrop_core::time::sleep_until;
 use micdrop_core::{ConversationItem, Role};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -829,12 +830,5 @@ impl Task {
             ServerFrame::EndCall => self.emit(Event::EndCall).await,
             ServerFrame::ToolCall(call) => self.emit(Event::ToolCall(call)).await,
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::ws::sleep_opt;
+use micdrop_core::time::sleep_until;
 
 /// Aborts a child session task when dropped (no detached tasks).
 struct Child<C> {
@@ -269,7 +269,7 @@ async fn run_stt(providers: Vec<Arc<dyn SpeechToText>>, watchdog: Duration, mut 
             biased;
             c = io.commands.recv() => Wake::Cmd(c),
             e = events.recv() => Wake::Ev(e),
-            _ = sleep_opt(awaiting) => Wake::Watchdog,
+            _ = sleep_until(awaiting) => Wake::Watchdog,
         };
         let failure: Option<(SttError, Vec<Bytes>)> = match wake {
             Wake::Cmd(None) => return,
@@ -497,7 +497,7 @@ async fn run_tts(providers: Vec<Arc<dyn TextToSpeech>>, watchdog: Duration, mut 
             biased;
             c = io.commands.recv() => Wake::Cmd(c),
             e = events.recv() => Wake::Ev(e),
-            _ = sleep_opt(stall_at) => Wake::Stalled,
+            _ = sleep_until(stall_at) => Wake::Stalled,
         };
         // (failed utterance, its unspoken text, error) or a stall.
         let failure: Option<TtsFailure> = match wake {

@@ -388,7 +388,7 @@ impl<C: Connector> Link<C> {
                     };
                     let m = tokio::select! {
                         m = ws.next() => Some(m),
-                        _ = ws::sleep_opt(close_at) => None,
+                        _ = micdrop_core::time::sleep_until(close_at) => None,
                     };
                     match m {
                         None => {

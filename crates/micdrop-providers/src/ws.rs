@@ -1,12 +1,11 @@
 //! WebSocket plumbing shared by the Gladia and Gradium sessions: connecting with headers and a
-//! timeout, close frames and errors, and a sleep for `select!` loops over an optional deadline.
+//! timeout, close frames and errors.
 
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use micdrop_core::ProviderErrorKind;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -94,14 +93,6 @@ pub async fn close(mut ws: WsStream) {
         }
     })
     .await;
-}
-
-/// Sleeps until `at` (forever when `None`).
-pub async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -1096,7 +1096,7 @@ impl Session {
                         return Ok(Some(stream));
                     }
                 }
-                _ = sleep_until_opt(self.held.as_ref().filter(|_| self.strict_end_silence.is_none()).map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
+                _ = crate::ws::sleep_until_opt(self.held.as_ref().filter(|_| self.strict_end_silence.is_none()).map(|_| last_audio + self.turn_idle.max(chunk_gap * 3))) => {
                     // The client stopped streaming: the user turn is over.
                     let mut msgs = Vec::new();
                     self.finalize_held(Instant::now(), delay, &mut msgs);
@@ -1104,7 +1104,7 @@ impl Session {
                         out.send(&m).await?;
                     }
                 }
-                _ = sleep_until_opt(next_final) => {
+                _ = crate::ws::sleep_until_opt(next_final) => {
                     let now = Instant::now();
                     while self.pending.front().is_some_and(|(t, _)| *t <= now) {
                         if let Some((_, m)) = self.pending.pop_front() {
@@ -1123,13 +1123,6 @@ impl Session {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

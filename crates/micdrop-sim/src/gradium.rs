@@ -923,7 +923,7 @@ async fn run_tts(
                         return Err(fail(&mut out, &e, 1011, key.as_deref()).await);
                     }
                 }
-                _ = sleep_until_opt(due) => {}
+                _ = crate::ws::sleep_until_opt(due) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(fail(&mut out, SESSION_CAP, 1008, None).await);
                 }
@@ -940,13 +940,6 @@ async fn run_tts(
         return Ok(());
     }
     result
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

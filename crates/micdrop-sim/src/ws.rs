@@ -86,3 +86,11 @@ impl Out {
         let _ = self.sink.flush().await;
     }
 }
+
+/// Sleeps until `t`, or forever when there is none (the `select!` branch of an optional timer).
+pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

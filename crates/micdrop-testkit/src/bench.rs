@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use micdrop_core::agent::{Agent, ChatChunk, ChatModel, ChatRequest};
 use micdrop_core::call::CallConfig;
 use micdrop_core::stt::{SpeechToText, SttCommand, SttEvent, SttSessionIo};
+use micdrop_core::time::sleep_until;
 use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId};
 use micdrop_core::{AgentError, protocol::SAMPLE_RATE};
 use serde::Serialize;
@@ -267,14 +268,6 @@ impl TextToSpeech for SimTts {
                 }
             }
         })
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) if d > Instant::now() => tokio::time::sleep_until(d).await,
-        Some(_) => tokio::task::yield_now().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -19,7 +19,8 @@ use super::messages::{ServerMessage, parse_message};
 use super::{BYTES_PER_SEC, FEED_AFTER, FEED_STEP, NAME, Shared};
 use crate::http::{reqwest_error, status_error};
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent};
-use crate::ws::{self, WsStream, sleep_opt};
+use crate::ws::{self, WsStream};
+use micdrop_core::time::sleep_until;
 
 #[derive(Debug, Deserialize)]
 struct InitResponse {
@@ -193,9 +194,9 @@ impl Session {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
                 e = self.link.next() => Wake::Link(e),
-                _ = sleep_opt(deadline) => Wake::Deadline,
-                _ = sleep_opt(feed_at) => Wake::Feed,
-                _ = sleep_opt(keepalive_at) => Wake::Keepalive,
+                _ = sleep_until(deadline) => Wake::Deadline,
+                _ = sleep_until(feed_at) => Wake::Feed,
+                _ = sleep_until(keepalive_at) => Wake::Keepalive,
             };
             let ok = match wake {
                 Wake::Cmd(None) => break,

@@ -23,7 +23,8 @@ use super::{error_kind, id_string, open};
 use crate::config::ConfigError;
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
-use crate::ws::{self, WsStream, sleep_opt};
+use crate::ws::{self, WsStream};
+use micdrop_core::time::sleep_until;
 
 const NAME: &str = "gradium-stt";
 
@@ -180,7 +181,7 @@ impl Session {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
                 e = self.link.next() => Wake::Link(e),
-                _ = sleep_opt(deadline) => Wake::Deadline,
+                _ = sleep_until(deadline) => Wake::Deadline,
             };
             let ok = match wake {
                 Wake::Cmd(None) => break,

@@ -23,7 +23,8 @@ use crate::audio::{MICDROP_RATE, PcmResampler};
 use crate::config::ConfigError;
 use crate::link::{ConnectFailure, Connector, Link, LinkEvent, LinkPolicy};
 use crate::secret::ApiKey;
-use crate::ws::{WsStream, sleep_opt};
+use crate::ws::WsStream;
+use micdrop_core::time::sleep_until;
 
 const NAME: &str = "gradium-tts";
 
@@ -239,7 +240,7 @@ impl Session {
                 biased;
                 c = self.io.commands.recv() => Wake::Cmd(c),
                 e = self.link.next() => Wake::Link(e),
-                _ = sleep_opt(stall_at) => Wake::Stalled,
+                _ = sleep_until(stall_at) => Wake::Stalled,
             };
             let ok = match wake {
                 Wake::Cmd(None) => break,
