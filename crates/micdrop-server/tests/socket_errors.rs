@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use micdrop_core::call::{CallConfig, CallEnd, EndReason};
 use micdrop_core::socket::SocketError;
-use micdrop_server::{RunningServer, ServerOptions, start};
+use micdrop_server::ServerOptions;
 use micdrop_testkit::{ScriptedStt, ScriptedTts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,37 +28,26 @@ fn count_panics() {
     });
 }
 
-struct Server {
-    server: RunningServer,
-    ends: Arc<Mutex<Vec<CallEnd>>>,
+mod common;
+
+/// The common harness, with panics counted.
+struct Server(common::Harness);
+
+impl std::ops::Deref for Server {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(config: CallConfig, tweak: impl FnOnce(&mut ServerOptions)) -> Self {
         count_panics();
-        let mut options = ServerOptions::with_template(config);
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = ends.clone();
-        options.on_end = Some(Arc::new(move |end| e.lock().unwrap().push(end)));
-        tweak(&mut options);
-        let server = start("127.0.0.1:0".parse().unwrap(), options)
-            .await
-            .unwrap();
-        Self { server, ends }
+        Self(common::Harness::with_options(ServerOptions::with_template(config), tweak).await)
     }
 
     fn addr(&self) -> SocketAddr {
         self.server.local_addr()
-    }
-
-    async fn wait_end(&self) -> CallEnd {
-        for _ in 0..300 {
-            if let Some(e) = self.ends.lock().unwrap().pop() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the call did not end");
     }
 
     /// Waits until no call is left.

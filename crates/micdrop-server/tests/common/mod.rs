@@ -1,4 +1,6 @@
 //! A call server with trait-level providers, for the tests that drive it over real WebSockets.
+//! Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
