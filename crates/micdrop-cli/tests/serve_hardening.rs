@@ -203,6 +203,11 @@ api_key = "another-key"
     assert!(!warnings.is_empty(), "no warning: {logs}");
     for w in &warnings {
         assert!(w.contains("call_id="), "a warning without its call_id: {w}");
+        // The client's span is the call span's parent: its address is on the line too.
+        assert!(
+            w.contains("addr=127.0.0.1"),
+            "a warning without the address: {w}"
+        );
     }
 }
 

@@ -295,35 +295,57 @@ async fn call_handler(
     // memory per idle call than the call itself (see `crate::upgrade`).
     ws.on_upgrade(crate::upgrade::socket_config(max), move |sink, stream| {
         tracker.track_future(async move {
-            // Every line of the call carries the client's address (at every level).
-            handle_socket(state, sink, stream, client)
-                .instrument(tracing::error_span!("client", addr = %client))
+            // Every line of the call carries the client's address (at every level): the
+            // phases before and after the call run in the `client` span; the call's own span is
+            // made inside it, so it is its child (its lines show the address, the call's trace
+            // does not), and only the call's span is entered at each poll of the call.
+            let span = tracing::error_span!("client", addr = %client);
+            let prepared = Box::pin(prepare_call(&state, sink, stream, client))
+                .instrument(span.clone())
                 .await;
+            if let Some(call) = prepared {
+                let run = span.in_scope(|| run_call(call.config, call.sink, call.stream));
+                let end = run.await;
+                Box::pin(finish_call(&state, call.active, call.session, end))
+                    .instrument(span)
+                    .await;
+            }
             drop(ip_permit);
             drop(permit);
         })
     })
 }
 
-async fn handle_socket(
-    state: Arc<AppState>,
+/// A call ready to run: params checked, config made, store session begun.
+struct PreparedCall {
+    config: CallConfig,
+    sink: SocketSink,
+    stream: SocketStream,
+    active: ActiveCall,
+    session: Option<micdrop_store::CallSession>,
+}
+
+/// The phase before the call: params, authentication, config, store. `None`: the call was
+/// rejected (and its socket closed).
+async fn prepare_call(
+    state: &AppState,
     sink: SocketSink,
     mut stream: SocketStream,
     client: std::net::IpAddr,
-) {
+) -> Option<PreparedCall> {
     // In the active-calls gauge from the upgrade on (params included), out when dropped.
-    // The phases before and after the call (params, store, rejections) are boxed when they
-    // run: the future of a call in progress, held by every idle call, stays small.
+    // This phase and the one after the call are boxed when they run: the future of a call in
+    // progress, held by every idle call, stays small.
     let active = ActiveCall::start();
     let opts = &state.options;
     let auth = !opts.bearer_tokens.is_empty();
     let params = if let (Some(hook), false) = (&opts.store, opts.require_params || auth) {
         let wait = Duration::from_millis(hook.store.config().params_wait_ms);
-        let (params, rest) = Box::pin(crate::persist::optional_params(stream, wait)).await;
+        let (params, rest) = crate::persist::optional_params(stream, wait).await;
         stream = rest;
         params
     } else if opts.require_params || auth {
-        match Box::pin(wait_for_params_json(&mut stream, PARAMS_TIMEOUT)).await {
+        match wait_for_params_json(&mut stream, PARAMS_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
                 if auth && e == MicdropError::invalid_params() {
@@ -331,8 +353,8 @@ async fn handle_socket(
                 }
                 info!(%client, code = e.code, reason = %e.message, "call rejected");
                 telemetry::call_rejected();
-                Box::pin(reject(sink, &e)).await;
-                return;
+                reject(sink, &e).await;
+                return None;
             }
         }
     } else {
@@ -343,8 +365,8 @@ async fn handle_socket(
             state.guards.auth_failed(client);
             info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
-            Box::pin(reject(sink, &e)).await;
-            return;
+            reject(sink, &e).await;
+            return None;
         }
     }
     let config = match (opts.factory)(params.as_ref()) {
@@ -352,30 +374,45 @@ async fn handle_socket(
         Err(e) => {
             info!(%client, code = e.code, reason = %e.message, "call rejected");
             telemetry::call_rejected();
-            Box::pin(reject(sink, &e)).await;
-            return;
+            reject(sink, &e).await;
+            return None;
         }
     };
     let mut config = config.shutdown(state.shutdown.child_token());
     let mut session = None;
     if let Some(hook) = &opts.store {
-        match Box::pin(crate::persist::begin(hook, config, params.as_ref())).await {
+        match crate::persist::begin(hook, config, params.as_ref()).await {
             Ok((c, s)) => (config, session) = (c, Some(s)),
             Err(e) => {
                 telemetry::call_rejected();
-                Box::pin(reject(sink, &e)).await;
-                return;
+                reject(sink, &e).await;
+                return None;
             }
         }
     }
     // Not held for the call's life (it is in the config already, if needed).
     drop(params);
-    let end = run_call(config, sink, stream).await;
+    Some(PreparedCall {
+        config,
+        sink,
+        stream,
+        active,
+        session,
+    })
+}
+
+/// The phase after the call: metrics, store, the end hook.
+async fn finish_call(
+    state: &AppState,
+    active: ActiveCall,
+    session: Option<micdrop_store::CallSession>,
+    end: CallEnd,
+) {
     active.end(&end.reason);
     if let Some(session) = session {
-        Box::pin(session.finish(&end)).await;
+        session.finish(&end).await;
     }
-    if let Some(hook) = &opts.on_end {
+    if let Some(hook) = &state.options.on_end {
         hook(end);
     }
 }
