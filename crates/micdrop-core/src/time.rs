@@ -11,6 +11,16 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// [`sleep_until`] for timed simulations: a deadline already passed fires at once (after a
+/// yield) instead of at the timer's next tick, up to a millisecond later, which would show in
+/// the latency figures of `micdrop bench` (its timed providers pace their frames with it).
+pub async fn sleep_until_exact(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) if d <= Instant::now() => tokio::task::yield_now().await,
+        other => sleep_until(other).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -23,5 +33,18 @@ mod tests {
         assert!(none.is_err());
         sleep_until(Some(start + Duration::from_secs(7200))).await;
         assert!(Instant::now() >= start + Duration::from_secs(7200));
+    }
+
+    #[tokio::test]
+    async fn exact_a_passed_deadline_fires_after_one_yield_not_at_the_next_tick() {
+        let past = Some(Instant::now() - Duration::from_millis(5));
+        let mut exact = std::pin::pin!(sleep_until_exact(past));
+        assert!(futures::poll!(&mut exact).is_pending(), "the yield");
+        assert!(futures::poll!(&mut exact).is_ready());
+        let mut soon = std::pin::pin!(sleep_until_exact(Some(
+            Instant::now() + Duration::from_secs(3600)
+        )));
+        assert!(futures::poll!(&mut soon).is_pending());
+        assert!(futures::poll!(&mut soon).is_pending());
     }
 }

@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use micdrop_core::agent::{Agent, ChatChunk, ChatModel, ChatRequest};
 use micdrop_core::call::CallConfig;
 use micdrop_core::stt::{SpeechToText, SttCommand, SttEvent, SttSessionIo};
-use micdrop_core::time::sleep_until;
+use micdrop_core::time::sleep_until_exact;
 use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId};
 use micdrop_core::{AgentError, protocol::SAMPLE_RATE};
 use serde::Serialize;
@@ -245,7 +245,7 @@ impl TextToSpeech for SimTts {
                             TtsCommand::Cancel => queue.clear(),
                         }
                     }
-                    _ = sleep_until(due) => {
+                    _ = sleep_until_exact(due) => {
                         let Some(u) = queue.front_mut() else { continue };
                         if u.pending > 0 {
                             let n = u.pending.min(FRAME_BYTES);
