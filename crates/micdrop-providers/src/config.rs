@@ -420,6 +420,41 @@ pub enum AgentKind {
     OpenaiCompatible,
 }
 
+/// What a kind of chat API brings: its name, wire dialect and defaults. [`AgentKind::spec`] is
+/// the one place that lists them: adding a kind is a variant and a line there.
+#[derive(Debug, Clone, Copy)]
+struct AgentSpec {
+    name: &'static str,
+    dialect: Dialect,
+    /// The environment variable of the key (`None`: no key unless `api_key_env` is set).
+    key_env: Option<&'static str>,
+    /// `None`: `base_url` is required.
+    base_url: Option<&'static str>,
+    /// `None`: `model` is required.
+    model: Option<&'static str>,
+}
+
+impl AgentKind {
+    fn spec(self) -> AgentSpec {
+        match self {
+            AgentKind::Mistral => AgentSpec {
+                name: "mistral",
+                dialect: Dialect::Mistral,
+                key_env: Some(MISTRAL_KEY_ENV),
+                base_url: Some(MISTRAL_BASE_URL),
+                model: Some(MISTRAL_DEFAULT_MODEL),
+            },
+            AgentKind::OpenaiCompatible => AgentSpec {
+                name: "openai-compatible",
+                dialect: Dialect::OpenAi,
+                key_env: None,
+                base_url: None,
+                model: None,
+            },
+        }
+    }
+}
+
 /// `[agent]`: the chat model, its settings and its fallbacks (`[[agent.fallbacks]]`, same keys).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -536,29 +571,30 @@ impl AgentProviderConfig {
     }
 
     fn kind_name(&self) -> &'static str {
-        match self.provider {
-            AgentKind::Mistral => "mistral",
-            AgentKind::OpenaiCompatible => "openai-compatible",
-        }
+        self.provider.spec().name
+    }
+
+    /// The error of a key this kind needs and the config lacks.
+    fn required(&self, key: &str) -> ConfigError {
+        ConfigError::invalid(
+            format!("agent.{key}"),
+            format!("required for provider = \"{}\"", self.kind_name()),
+        )
     }
 
     fn key_env(&self) -> Option<String> {
-        match (&self.api_key_env, self.provider) {
-            (Some(e), _) if e.trim().is_empty() => None,
-            (Some(e), _) => Some(e.clone()),
-            (None, AgentKind::Mistral) => Some(MISTRAL_KEY_ENV.into()),
-            (None, AgentKind::OpenaiCompatible) => None,
+        match &self.api_key_env {
+            Some(e) if e.trim().is_empty() => None,
+            Some(e) => Some(e.clone()),
+            None => self.provider.spec().key_env.map(str::to_owned),
         }
     }
 
     fn base_url(&self) -> Result<Url, ConfigError> {
-        match (&self.base_url, self.provider) {
+        match (&self.base_url, self.provider.spec().base_url) {
             (Some(u), _) => parse_url("agent.base_url", u),
-            (None, AgentKind::Mistral) => parse_url("agent.base_url", MISTRAL_BASE_URL),
-            (None, AgentKind::OpenaiCompatible) => Err(ConfigError::invalid(
-                "agent.base_url",
-                "required for provider = \"openai-compatible\"",
-            )),
+            (None, Some(default)) => parse_url("agent.base_url", default),
+            (None, None) => Err(self.required("base_url")),
         }
     }
 
@@ -576,22 +612,14 @@ impl AgentProviderConfig {
                 )
             }
         };
-        let model = match (&self.model, self.provider) {
+        let model = match (&self.model, self.provider.spec().model) {
             (Some(m), _) if !m.trim().is_empty() => m.clone(),
-            (_, AgentKind::Mistral) => MISTRAL_DEFAULT_MODEL.into(),
-            (_, AgentKind::OpenaiCompatible) => {
-                return Err(ConfigError::invalid(
-                    "agent.model",
-                    "required for provider = \"openai-compatible\"",
-                ));
-            }
+            (_, Some(default)) => default.into(),
+            (_, None) => return Err(self.required("model")),
         };
         Ok(MistralOptions {
             name: self.kind_name().into(),
-            dialect: match self.provider {
-                AgentKind::Mistral => Dialect::Mistral,
-                AgentKind::OpenaiCompatible => Dialect::OpenAi,
-            },
+            dialect: self.provider.spec().dialect,
             base_url: self.base_url()?,
             api_key,
             model,

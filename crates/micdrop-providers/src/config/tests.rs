@@ -282,15 +282,17 @@ fn openai_compatible_needs_a_base_url_and_a_model() {
         provider: AgentKind::OpenaiCompatible,
         ..Default::default()
     };
-    assert!(a.model_options("agent").is_err());
-    a.base_url = Some("http://127.0.0.1:8000".into());
-    assert!(
-        a.model_options("agent")
-            .unwrap_err()
-            .to_string()
-            .contains("model")
-    );
+    let needs = |a: &AgentProviderConfig, key: &str| {
+        let e = a.model_options("agent").unwrap_err().to_string();
+        assert!(
+            e.contains(key) && e.contains("required for provider = \"openai-compatible\""),
+            "{e}"
+        );
+    };
+    needs(&a, "agent.model");
     a.model = Some("qwen".into());
+    needs(&a, "agent.base_url");
+    a.base_url = Some("http://127.0.0.1:8000".into());
     let o = a.model_options("agent").unwrap();
     assert!(o.api_key.is_none(), "no key by default for local servers");
     assert_eq!(o.dialect, Dialect::OpenAi);
