@@ -207,18 +207,6 @@ impl MetricsEndpoint {
     }
 }
 
-/// The `outcome` label of a call that ran.
-pub fn outcome(reason: &EndReason) -> &'static str {
-    match reason {
-        EndReason::HungUp => "completed",
-        EndReason::ClientClosed => "client_closed",
-        EndReason::Idle => "idle",
-        EndReason::Shutdown => "shutdown",
-        EndReason::SocketError(_) => "error",
-        EndReason::AudioFlood(_) => "audio_flood",
-    }
-}
-
 /// Counts a call refused before or at its start (HTTP 503, 4400, 4401, 4404, ...).
 pub fn call_rejected() {
     metrics::counter!(names::CALLS_TOTAL, "outcome" => "rejected").increment(1);
@@ -241,7 +229,7 @@ impl ActiveCall {
 
     /// The call ended: counts its outcome and its duration.
     pub fn end(self, reason: &EndReason) {
-        metrics::counter!(names::CALLS_TOTAL, "outcome" => outcome(reason)).increment(1);
+        metrics::counter!(names::CALLS_TOTAL, "outcome" => reason.outcome()).increment(1);
         metrics::histogram!(names::CALL_DURATION_SECONDS)
             .record(self.started.elapsed().as_secs_f64());
     }

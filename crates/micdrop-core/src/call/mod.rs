@@ -242,6 +242,21 @@ pub enum EndReason {
     AudioFlood(crate::call_budget::AudioFlood),
 }
 
+impl EndReason {
+    /// The call's `outcome`: the label of the `micdrop_calls_total` metric and the field of the
+    /// call's trace span.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            EndReason::HungUp => "completed",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::Idle => "idle",
+            EndReason::Shutdown => "shutdown",
+            EndReason::SocketError(_) => "error",
+            EndReason::AudioFlood(_) => "audio_flood",
+        }
+    }
+}
+
 /// The close frame that ended a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallClose {

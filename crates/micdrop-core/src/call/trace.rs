@@ -220,7 +220,7 @@ impl CallTrace {
     pub fn end_call(&mut self, reason: &EndReason, close_code: Option<u16>) {
         self.end_turn("ended");
         self.utterances.clear();
-        self.call.record("outcome", outcome(reason));
+        self.call.record("outcome", reason.outcome());
         if let Some(code) = close_code {
             self.call.record("close_code", i64::from(code));
         }
@@ -248,17 +248,5 @@ impl CallTrace {
                 turn.span.record("outcome", unfinished);
             }
         }
-    }
-}
-
-/// The call's `outcome` (the values of the `micdrop_calls_total` metric's label).
-fn outcome(reason: &EndReason) -> &'static str {
-    match reason {
-        EndReason::HungUp => "completed",
-        EndReason::ClientClosed => "client_closed",
-        EndReason::Idle => "idle",
-        EndReason::Shutdown => "shutdown",
-        EndReason::SocketError(_) => "error",
-        EndReason::AudioFlood(_) => "audio_flood",
     }
 }
