@@ -2,8 +2,7 @@
 //! to real time plus the burst allowance (`audio_burst`, 5 s by default) it goes to the STT;
 //! beyond, the call closes with 1008 "Audio faster than real time". `None` disables the check.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -133,19 +132,6 @@ async fn no_burst_setting_disables_the_check() {
     assert_eq!(audio_bytes(&stt), 10 * TWO_SECONDS);
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// An STT session that is stuck: it holds its command queue and never reads it.
 #[derive(Debug)]
 struct StuckStt;
@@ -165,15 +151,7 @@ impl SpeechToText for StuckStt {
 
 #[tokio::test]
 async fn audio_the_stt_does_not_take_is_reported_once_per_turn_not_once_per_chunk() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    // The test runtime is single-threaded: the call task logs through this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::capture_logs(tracing::Level::WARN);
     let h = Harness::start(CallConfig::new(Arc::new(StuckStt)).audio_burst(None)).await;
     let mut c = h.client().await;
     c.expect_text("SkipAnswer").await;
@@ -183,7 +161,7 @@ async fn audio_the_stt_does_not_take_is_reported_once_per_turn_not_once_per_chun
     c.text("StopSpeaking").await;
     c.close().await;
     h.wait_end().await;
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let started = text
         .lines()
         .filter(|l| l.contains("STT session not accepting audio"))

@@ -3,8 +3,7 @@
 //! client's address in the log, and what actually failed), `X-Forwarded-For` only from trusted
 //! proxies, and slow or silent clients are disconnected after the header-read timeout.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use micdrop_core::call::CallConfig;
@@ -13,6 +12,8 @@ use micdrop_testkit::{Frame, ScriptedStt, WsClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+mod common;
 
 async fn server(tweak: impl FnOnce(&mut ServerOptions)) -> RunningServer {
     let mut options =
@@ -138,36 +139,9 @@ async fn calls_per_address_get_503_beyond_the_limit() {
     let _z = connect(&s, &[]).await.unwrap();
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn failed_authentications_get_429_and_are_logged_with_the_address() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // The test runtime is single-threaded: the server's tasks log through this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::capture_logs(tracing::Level::INFO);
 
     let s = server(|o| {
         o.bearer_tokens = vec!["s3cret".into()];
