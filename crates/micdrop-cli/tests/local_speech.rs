@@ -251,14 +251,8 @@ async fn start_model_server() -> (String, ModelServer) {
     (format!("http://{addr}/v1"), state)
 }
 
-#[tokio::test]
-async fn serve_local_without_a_model_server_says_what_to_start() {
-    // A port nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let url = format!("http://127.0.0.1:{port}/v1");
+/// Runs `micdrop serve --local --model-url URL`, which must fail; returns its stderr.
+async fn serve_local_fails(model_url: String) -> String {
     let out = tokio::task::spawn_blocking(move || {
         micdrop()
             .args([
@@ -267,15 +261,27 @@ async fn serve_local_without_a_model_server_says_what_to_start() {
                 "--listen",
                 "127.0.0.1:0",
                 "--model-url",
-                &url,
+                &model_url,
             ])
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
+    err
+}
+
+#[tokio::test]
+async fn serve_local_without_a_model_server_says_what_to_start() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let err = serve_local_fails(url).await;
     assert!(err.contains("no model server answers"), "{err}");
     assert!(
         err.contains(&format!("127.0.0.1:{port}/v1/models")),
@@ -288,23 +294,7 @@ async fn serve_local_without_a_model_server_says_what_to_start() {
 
     // A model server on another host is refused by the local policy before it is contacted
     // (192.0.2.1, a documentation address, would time out).
-    let out = tokio::task::spawn_blocking(move || {
-        micdrop()
-            .args([
-                "serve",
-                "--local",
-                "--listen",
-                "127.0.0.1:0",
-                "--model-url",
-                "http://192.0.2.1:11434/v1",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = serve_local_fails("http://192.0.2.1:11434/v1".into()).await;
     assert!(
         err.contains("192.0.2.1") && err.contains("not local") && !err.contains("no model server"),
         "{err}"
@@ -313,23 +303,7 @@ async fn serve_local_without_a_model_server_says_what_to_start() {
     // A server that is not an OpenAI-compatible API (404 on /v1/models) is named as such.
     let (base, _) = start_model_server().await;
     let wrong = base.replace("/v1", "/api");
-    let out = tokio::task::spawn_blocking(move || {
-        micdrop()
-            .args([
-                "serve",
-                "--local",
-                "--listen",
-                "127.0.0.1:0",
-                "--model-url",
-                &wrong,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = serve_local_fails(wrong).await;
     assert!(
         err.contains("404") && err.contains("OpenAI-compatible"),
         "{err}"
