@@ -86,8 +86,8 @@ async fn start_app_with(telemetry: &str, script: SimScript) -> App {
     App::start(config, Some(script)).await.unwrap()
 }
 
-/// A call with the first message and one spoken, answered turn; returns the answer's text.
-async fn call_with_one_turn(app: &App) -> String {
+/// A call: the first message, then one spoken turn up to its transcript.
+async fn call_and_speak(app: &App) -> WsClient {
     let url = format!("ws://{}{}", app.server.local_addr(), app.path);
     let mut c = WsClient::connect(&url).await;
     c.text(&format!(r#"{{"authorization":"Bearer {CALL_TOKEN}"}}"#))
@@ -104,6 +104,12 @@ async fn call_with_one_turn(app: &App) -> String {
         r#"Message {{"role":"user","content":"{TRANSCRIPT}"}}"#
     ))
     .await;
+    c
+}
+
+/// A call with the first message and one spoken, answered turn; returns the answer's text.
+async fn call_with_one_turn(app: &App) -> String {
+    let mut c = call_and_speak(app).await;
     let (f, _) = c.next_text().await;
     let answer = f
         .text()
@@ -349,21 +355,7 @@ async fn traces_over_otlp() {
     ))
     .unwrap();
     let app = start_app_with(&format!("otlp_endpoint = \"http://{addr}\""), slow_model).await;
-    let url = format!("ws://{}{}", app.server.local_addr(), app.path);
-    let mut c = WsClient::connect(&url).await;
-    c.text(&format!(r#"{{"authorization":"Bearer {CALL_TOKEN}"}}"#))
-        .await;
-    c.expect_text(r#"Message {"role":"assistant","content":"Bonjour."}"#)
-        .await;
-    c.text("StartSpeaking").await;
-    for i in 0..10 {
-        c.binary(tone_frame(i)).await;
-    }
-    c.text("StopSpeaking").await;
-    c.expect_text(&format!(
-        r#"Message {{"role":"user","content":"{TRANSCRIPT}"}}"#
-    ))
-    .await;
+    let mut c = call_and_speak(&app).await;
     // The model request is in flight (its first token 30 s away): speak over it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     c.text("StartSpeaking").await;
