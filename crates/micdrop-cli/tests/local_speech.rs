@@ -7,10 +7,9 @@
 //! The Whisper model comes from the models cache (`MICDROP_MODELS_DIR` or
 //! `~/.cache/micdrop/models`), which `scripts/test` fills with `scripts/pull-models`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +18,8 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+
+mod common;
 
 fn micdrop() -> Command {
     Command::new(env!("CARGO_BIN_EXE_micdrop"))
@@ -113,37 +114,19 @@ impl Serve {
     fn start(dir: &Path, config: &str, args: &[&str]) -> Serve {
         let path = dir.join("serve.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = micdrop()
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut lines = Vec::new();
-        let addr = loop {
-            let line = match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("no banner; server log:\n{}", lines.join("\n"));
-                }
-            };
-            lines.push(line.clone());
-            if let Some(rest) = line.split("web page http://").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        };
-        Serve { child, addr, lines }
+        let started = common::spawn_serve(
+            micdrop()
+                .arg("serve")
+                .args(args)
+                .args(["--listen", "127.0.0.1:0", "--config"])
+                .arg(&path),
+            Duration::from_secs(120),
+        );
+        Serve {
+            child: started.child,
+            addr: started.addr,
+            lines: started.seen,
+        }
     }
 
     fn url(&self) -> String {

@@ -3,11 +3,12 @@
 //! calls in progress go on; exit when the last one ends, or 1001 after the drain timeout or a
 //! second signal.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use micdrop_testkit::{Frame, WsClient, http_get};
+
+mod common;
 
 fn micdrop() -> Command {
     Command::new(env!("CARGO_BIN_EXE_micdrop"))
@@ -48,33 +49,16 @@ impl Serve {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ok.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = micdrop()
-            .args(["serve", "--sim", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The banner gives the address.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("server banner");
-            if let Some(rest) = line.split("web page http://").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        };
+        let started = common::spawn_serve(
+            micdrop()
+                .args(["serve", "--sim", "--listen", "127.0.0.1:0", "--config"])
+                .arg(&path),
+            Duration::from_secs(30),
+        );
         Serve {
-            child,
-            addr,
-            lines: rx,
+            child: started.child,
+            addr: started.addr,
+            lines: started.lines,
         }
     }
 

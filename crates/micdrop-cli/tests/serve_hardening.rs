@@ -2,13 +2,14 @@
 //! `MICDROP_LOG=trace` (API keys, the bearer token, Gladia's session token), warnings keep
 //! their `call_id` at `MICDROP_LOG=warn`, and the soft open-files limit is raised at start.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use micdrop_client::audio;
 use micdrop_testkit::{Frame, WsClient};
+
+mod common;
 
 const BEARER: &str = "bearer-S3CRET-7d1f";
 /// The keys `serve --sim` gives its provider clients (see `point_to_simulators`).
@@ -23,7 +24,7 @@ fn temp(name: &str) -> std::path::PathBuf {
 struct Server {
     child: Child,
     lines: Receiver<String>,
-    addr: String,
+    addr: std::net::SocketAddr,
     seen: Vec<String>,
 }
 
@@ -49,35 +50,15 @@ impl Server {
                 c
             }
         };
-        let mut child = cmd
-            .env("MICDROP_LOG", log)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let addr = loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("server banner");
-            seen.push(line.clone());
-            if let Some(rest) = line.split("web page http://").nth(1) {
-                break rest.split('/').next().unwrap().to_owned();
-            }
-        };
+        let started = common::spawn_serve(
+            cmd.env("MICDROP_LOG", log).env_remove("RUST_LOG"),
+            Duration::from_secs(30),
+        );
         Self {
-            child,
-            lines,
-            addr,
-            seen,
+            child: started.child,
+            lines: started.lines,
+            addr: started.addr,
+            seen: started.seen,
         }
     }
 
@@ -115,7 +96,7 @@ async fn until(c: &mut WsClient, needle: &str) -> Vec<String> {
 
 /// One spoken turn on the simulated stack: params with the token, greeting, speech, transcript,
 /// answer.
-async fn spoken_turn(addr: &str) {
+async fn spoken_turn(addr: std::net::SocketAddr) {
     let mut c = WsClient::connect(&format!("ws://{addr}/call")).await;
     c.text(&format!(r#"{{"authorization":"Bearer {BEARER}"}}"#))
         .await;
@@ -145,7 +126,7 @@ transcripts = ["Quelle heure est-il ?"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_the_logs_at_trace_level() {
     let server = Server::start("trace.toml", CONFIG, "trace", None);
-    spoken_turn(&server.addr).await;
+    spoken_turn(server.addr).await;
     // A wrong token too: its rejection is logged, never the token.
     let mut c = WsClient::connect(&format!("ws://{}/call", server.addr)).await;
     c.text(r#"{"authorization":"Bearer wrong-T0KEN-guess"}"#)

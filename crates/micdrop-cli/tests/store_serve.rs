@@ -2,9 +2,8 @@
 //! conversation started on one instance resumes on another sharing one PostgreSQL (with the
 //! end-of-call webhook, signed, received by a local HTTP server).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,12 +12,14 @@ use micdrop_store::{Store, sign};
 use micdrop_testkit::{Frame, WsClient, tone_frame};
 use serde_json::{Value, json};
 
+mod common;
+
 const ADMIN: &str = "adm-7f3c";
 
 /// A `micdrop serve --sim` process and its address.
 struct Server {
     child: Child,
-    addr: String,
+    addr: std::net::SocketAddr,
 }
 
 impl Drop for Server {
@@ -31,31 +32,18 @@ impl Drop for Server {
 fn serve(config: &Path, env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_micdrop"));
     cmd.args(["serve", "--sim", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
+        .arg(config);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server banner");
-        if let Some(rest) = line.split("web page http://").nth(1) {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
+    let started = common::spawn_serve(&mut cmd, Duration::from_secs(60));
     // Keep draining the logs.
+    let rx = started.lines;
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    Server { child, addr }
+    Server {
+        child: started.child,
+        addr: started.addr,
+    }
 }
 
 /// One spoken user turn; returns the user and assistant messages.
@@ -197,7 +185,7 @@ async fn webhook_receiver() -> (String, Received) {
     (format!("http://{addr}/hook"), seen)
 }
 
-async fn admin_get(addr: &str, path: &str) -> Value {
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Value {
     let r = reqwest::Client::new()
         .get(format!("http://{addr}{path}"))
         .bearer_auth(ADMIN)
@@ -241,7 +229,7 @@ async fn a_conversation_resumes_on_another_instance_sharing_postgres() {
     c.close().await;
     let mut first_id = String::new();
     for _ in 0..200 {
-        let v = admin_get(&a.addr, "/api/calls").await;
+        let v = admin_get(a.addr, "/api/calls").await;
         if let Some(call) = v["calls"].as_array().unwrap().first() {
             if !call["ended_at"].is_null() {
                 first_id = call["id"].as_str().unwrap().to_owned();
@@ -266,7 +254,7 @@ async fn a_conversation_resumes_on_another_instance_sharing_postgres() {
     c.close().await;
     let mut detail = Value::Null;
     for _ in 0..200 {
-        detail = admin_get(&b.addr, &format!("/api/calls/{first_id}")).await;
+        detail = admin_get(b.addr, &format!("/api/calls/{first_id}")).await;
         let calls = detail["calls"].as_array().unwrap();
         if calls.len() == 2 && calls.iter().all(|c| !c["ended_at"].is_null()) {
             break;
