@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Simulator delays of the in-process server.
     #[arg(long, value_enum, default_value_t = SimMode::Zero)]
     pub sim: SimMode,
+    /// Engine stack: wall-clock seconds the timed TTS spends per second of audio (0: all at
+    /// once, the default with `--sim zero`; 0.25: four times faster than real time, the default
+    /// with `--sim realistic`; 1: real time, one frame at a time).
+    #[arg(long, value_parser = parse_realtime_factor)]
+    pub tts_realtime_factor: Option<f64>,
     /// In-process server stack: `engine` (the call engine over trait-level simulated providers
     /// with exact delays) or `providers` (`micdrop serve --sim`: the real Gladia, Gradium and
     /// Mistral clients against micdrop-sim's network simulators, TTS as a tone).
@@ -97,10 +102,29 @@ impl SimMode {
     }
 }
 
+impl BenchArgs {
+    /// The engine stack's delays: `--sim`, then `--tts-realtime-factor`.
+    fn delays(&self) -> SimDelays {
+        let mut d = self.sim.delays();
+        if let Some(f) = self.tts_realtime_factor {
+            d.tts_realtime_factor = f;
+        }
+        d
+    }
+}
+
+fn parse_realtime_factor(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a number >= 0")),
+    }
+}
+
 /// Runs `micdrop bench`.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let delays = args.delays();
     if args.serve_only {
-        return serve_only(args.stack, args.sim).await;
+        return serve_only(args.stack, args.sim, delays).await;
     }
     if let Some(limit) = Machine::now().open_files_limit {
         // In-process, every call holds two sockets (client and server ends).
@@ -119,7 +143,6 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The server.
-    let delays = args.sim.delays();
     let mut child: Option<tokio::process::Child> = None;
     let mut in_process: Option<InProcess> = None;
     let (url, pid, measured) = if let Some(url) = &args.url {
@@ -140,6 +163,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .arg(format!("{:?}", args.sim).to_lowercase())
             .arg("--stack")
             .arg(format!("{:?}", args.stack).to_lowercase())
+            .arg("--tts-realtime-factor")
+            .arg(delays.tts_realtime_factor.to_string())
             .stdout(std::process::Stdio::piped())
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -158,7 +183,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             pid.map(|p| format!("server child process pid {p}")),
         )
     } else {
-        let server = start_server(args.stack, args.sim, args.calls).await?;
+        let server = start_server(args.stack, args.sim, delays, args.calls).await?;
         let url = server.url();
         in_process = Some(server);
         (
@@ -238,12 +263,17 @@ impl InProcess {
     }
 }
 
-async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Result<InProcess> {
+async fn start_server(
+    stack: Stack,
+    sim: SimMode,
+    delays: SimDelays,
+    calls: usize,
+) -> anyhow::Result<InProcess> {
     let max_calls = calls.max(1) + 100;
     match stack {
         Stack::Engine => {
             // A load generator may send faster than real time (`pace = "fast"`): no audio budget.
-            let template = timed::call_config(sim.delays()).audio_burst(None);
+            let template = timed::call_config(delays).audio_burst(None);
             let mut options = micdrop_server::ServerOptions::with_template(template);
             options.max_calls = max_calls;
             options.serve_assets = false;
@@ -282,8 +312,8 @@ async fn start_server(stack: Stack, sim: SimMode, calls: usize) -> anyhow::Resul
 }
 
 /// The child of `--isolate`: serves until its stdin closes.
-async fn serve_only(stack: Stack, sim: SimMode) -> anyhow::Result<()> {
-    let server = start_server(stack, sim, 20_000).await?;
+async fn serve_only(stack: Stack, sim: SimMode, delays: SimDelays) -> anyhow::Result<()> {
+    let server = start_server(stack, sim, delays, 20_000).await?;
     println!("{}", server.url());
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}

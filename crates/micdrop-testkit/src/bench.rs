@@ -32,8 +32,11 @@ pub struct SimDelays {
     pub tts_first_audio_ms: u64,
     /// Audio per character of text, in ms (speech at ~15 characters per second ≈ 65 ms).
     pub tts_ms_per_char: u64,
-    /// Emit the audio in real time (one 100 ms frame every 100 ms) instead of all at once.
-    pub tts_real_time: bool,
+    /// Wall-clock time the TTS spends per second of audio after the first frame, as in
+    /// micdrop-sim's Gradium (`tts_realtime_factor`): 0 emits it all at once, 0.25 four times
+    /// faster than real time (like hosted TTSs and the simulator), 1 in real time (one 100 ms
+    /// frame every 100 ms: the paced outbox then has one frame to send at a time).
+    pub tts_realtime_factor: f64,
 }
 
 impl SimDelays {
@@ -45,7 +48,7 @@ impl SimDelays {
             llm_token_ms: 0,
             tts_first_audio_ms: 0,
             tts_ms_per_char: 65,
-            tts_real_time: true,
+            tts_realtime_factor: 0.0,
         }
     }
 
@@ -58,7 +61,7 @@ impl SimDelays {
             llm_token_ms: 15,
             tts_first_audio_ms: 150,
             tts_ms_per_char: 65,
-            tts_real_time: true,
+            tts_realtime_factor: 0.25,
         }
     }
 
@@ -147,35 +150,35 @@ impl ChatModel for SimModel {
 
     fn stream(&self, _request: ChatRequest) -> BoxStream<'static, Result<ChatChunk, AgentError>> {
         let d = self.delays;
-        let words: Vec<String> = ANSWER
-            .split(' ')
-            .enumerate()
-            .map(|(i, w)| {
-                if i == 0 {
-                    w.to_owned()
-                } else {
-                    format!(" {w}")
-                }
+        // The words are cut once per process: the fake model costs the server's measure as
+        // little as it can.
+        static WORDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let words = WORDS.get_or_init(|| {
+            let mut rest = ANSWER;
+            let mut words = Vec::new();
+            while !rest.is_empty() {
+                // Each word with the space before it (the first has none).
+                let end = rest[1..].find(' ').map_or(rest.len(), |i| i + 1);
+                words.push(rest[..end].to_owned());
+                rest = &rest[end..];
+            }
+            words
+        });
+        Box::pin(futures::stream::unfold(0usize, move |i| async move {
+            let word = words.get(i)?.clone();
+            pause(if i == 0 {
+                d.llm_first_token_ms
+            } else {
+                d.llm_token_ms
             })
-            .collect();
-        Box::pin(futures::stream::unfold(
-            (0usize, words),
-            move |(i, words)| async move {
-                let word = words.get(i)?.clone();
-                pause(if i == 0 {
-                    d.llm_first_token_ms
-                } else {
-                    d.llm_token_ms
-                })
-                .await;
-                Some((Ok(ChatChunk::Text(word)), (i + 1, words)))
-            },
-        ))
+            .await;
+            Some((Ok(ChatChunk::Text(word)), i + 1))
+        }))
     }
 }
 
 /// Speaks `tts_ms_per_char` of audio per character, first audio `tts_first_audio_ms` after the
-/// utterance's first text, then 100 ms frames in real time (or all at once).
+/// utterance's first text, then 100 ms frames at `tts_realtime_factor`.
 #[derive(Debug)]
 struct SimTts {
     delays: SimDelays,
@@ -246,23 +249,31 @@ impl TextToSpeech for SimTts {
                         }
                     }
                     _ = sleep_until_exact(due) => {
-                        let Some(u) = queue.front_mut() else { continue };
-                        if u.pending > 0 {
-                            let n = u.pending.min(FRAME_BYTES);
-                            u.pending -= n;
-                            let id = u.id;
-                            if d.tts_real_time {
+                        // Every frame that is due, without a wake-up each.
+                        let now = Instant::now();
+                        while let Some(u) = queue.front_mut() {
+                            if u.next.is_none_or(|next| next > now) {
+                                break;
+                            }
+                            if u.pending > 0 {
+                                let n = u.pending.min(FRAME_BYTES);
+                                u.pending -= n;
+                                let id = u.id;
                                 if let Some(next) = u.next.as_mut() {
-                                    *next += duration_of_bytes(n);
+                                    *next += duration_of_bytes(n).mul_f64(d.tts_realtime_factor);
                                 }
+                                if io.events.send(TtsEvent::Audio(id, frame.slice(..n))).await.is_err() {
+                                    return;
+                                }
+                            } else if u.ended {
+                                let id = u.id;
+                                queue.pop_front();
+                                if io.events.send(TtsEvent::Done(id)).await.is_err() {
+                                    return;
+                                }
+                            } else {
+                                break;
                             }
-                            if io.events.send(TtsEvent::Audio(id, frame.slice(..n))).await.is_err() {
-                                return;
-                            }
-                        } else if u.ended {
-                            let id = u.id;
-                            queue.pop_front();
-                            let _ = io.events.send(TtsEvent::Done(id)).await;
                         }
                     }
                 }
@@ -300,5 +311,68 @@ mod tests {
         );
         assert_eq!(tone_frame().len(), FRAME_BYTES);
         assert_eq!(duration_of_bytes(FRAME_BYTES), Duration::from_millis(100));
+    }
+
+    /// When each audio frame of a 10-character utterance comes out, from its first text.
+    async fn frame_times(factor: f64) -> Vec<Duration> {
+        let delays = SimDelays {
+            tts_realtime_factor: factor,
+            ..SimDelays::zero()
+        };
+        let (cmd_tx, commands) = tokio::sync::mpsc::channel(16);
+        let (events, mut ev_rx) = tokio::sync::mpsc::channel(64);
+        let session = tokio::spawn(SimTts::new(delays).run(TtsSessionIo { commands, events }));
+        let start = Instant::now();
+        cmd_tx.send(TtsCommand::Speak(1)).await.unwrap();
+        cmd_tx
+            .send(TtsCommand::Text(1, "0123456789".into()))
+            .await
+            .unwrap();
+        cmd_tx.send(TtsCommand::EndText(1)).await.unwrap();
+        let mut times = Vec::new();
+        while let Some(ev) = ev_rx.recv().await {
+            match ev {
+                TtsEvent::Audio(1, pcm) => {
+                    assert!(pcm.len() <= FRAME_BYTES);
+                    times.push(start.elapsed());
+                }
+                TtsEvent::Done(1) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        session.abort();
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tts_produces_at_its_realtime_factor() {
+        // 10 characters × 65 ms = 650 ms of audio: 7 frames (six of 100 ms and one of 50).
+        let ms = |v: &[Duration]| v.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        assert_eq!(
+            ms(&frame_times(1.0).await),
+            [0, 100, 200, 300, 400, 500, 600]
+        );
+        assert_eq!(ms(&frame_times(0.25).await), [0, 25, 50, 75, 100, 125, 150]);
+        assert_eq!(ms(&frame_times(0.0).await), [0; 7]);
+    }
+
+    #[tokio::test]
+    async fn the_model_streams_the_answer_word_by_word() {
+        use futures::StreamExt;
+        let model = SimModel {
+            delays: SimDelays::zero(),
+        };
+        let request = ChatRequest::from_conversation(&[], Vec::new());
+        let chunks: Vec<String> = model
+            .stream(request)
+            .map(|c| match c {
+                Ok(ChatChunk::Text(t)) => t,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(chunks.concat(), ANSWER);
+        assert_eq!(chunks.len(), ANSWER.split(' ').count());
+        assert_eq!(chunks[1], " bien,");
     }
 }
