@@ -51,6 +51,12 @@ impl Answer {
         self.events.recv().await
     }
 
+    /// An event already waiting, if any (`None` also when the answer is complete: the next
+    /// [`next_event`](Self::next_event) says so).
+    pub fn try_next_event(&mut self) -> Option<AgentEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// Notes a settled item of this answer (tool calls and their results are tracked).
     pub fn note_item(&mut self, item: &ConversationItem) {
         match item {

@@ -38,6 +38,8 @@ type Verdict = (u64, bool);
 
 /// Capacity of an STT session's event channel.
 const STT_EVENT_CAPACITY: usize = 64;
+/// Most events taken from one channel after the one that woke the call (see `run`).
+const DRAIN_MAX: usize = 64;
 
 /// What woke the call task up.
 enum Wake {
@@ -212,12 +214,14 @@ impl CallTask {
                 .into_iter()
                 .flatten()
                 .fold(idle_at, std::cmp::Ord::min);
-            if timer.deadline() != next {
+            // A later deadline leaves the timer where it is (it fires early and is set again
+            // then): the idle deadline moves at every client frame, and moving a timer costs a
+            // trip to the timer wheel.
+            if next < timer.deadline() || (next > timer.deadline() && timer.is_elapsed()) {
                 timer.as_mut().reset(next);
             }
             let wake = tokio::select! {
                 biased;
-                _ = &mut cancelled => Wake::Shutdown,
                 // Client frames first: an interruption is handled before any queued audio.
                 msg = stream.next() => Wake::Client(msg),
                 Some(control) = recv_opt(self.control.as_mut()) => Wake::Control(control),
@@ -245,6 +249,9 @@ impl CallTask {
                         Wake::Paced
                     }
                 }
+                // Last: polled once per wake-up, not before every event (a token's check takes
+                // a lock); it is never starved, as the other branches run out of budget.
+                _ = &mut cancelled => Wake::Shutdown,
             };
             match wake {
                 Wake::Shutdown => {
@@ -292,9 +299,39 @@ impl CallTask {
                     break (EndReason::HungUp, Some((code, reason)));
                 }
                 Wake::Control(control) => self.on_control(control),
-                Wake::Agent(ev) => self.on_agent_event(ev),
-                Wake::Tts(ev) => self.on_tts_event(ev),
-                Wake::Stt(ev) => self.on_stt_event(ev),
+                // Events already waiting in the same channel are taken in the same wake-up (at
+                // most DRAIN_MAX): a provider's burst costs one turn of the loop, not one each.
+                // They are only queued: the client's frames are still read before any write.
+                Wake::Agent(ev) => {
+                    self.on_agent_event(ev);
+                    for _ in 0..DRAIN_MAX {
+                        let Some(ev) = self.answer.as_mut().and_then(Answer::try_next_event) else {
+                            break;
+                        };
+                        self.on_agent_event(Some(ev));
+                    }
+                }
+                Wake::Tts(ev) => {
+                    self.on_tts_event(ev);
+                    for _ in 0..DRAIN_MAX {
+                        if !self.outbox.wants_audio() {
+                            break;
+                        }
+                        let Some(Ok(ev)) = self.tts.as_mut().map(|s| s.events.try_recv()) else {
+                            break;
+                        };
+                        self.on_tts_event(ev);
+                    }
+                }
+                Wake::Stt(ev) => {
+                    self.on_stt_event(ev);
+                    for _ in 0..DRAIN_MAX {
+                        let Some(Ok(ev)) = self.stt.as_mut().map(|s| s.events.try_recv()) else {
+                            break;
+                        };
+                        self.on_stt_event(ev);
+                    }
+                }
                 Wake::Written(Ok(())) => self.on_written(),
                 Wake::Written(Err(e)) => {
                     info!(error = %e, "socket write failed");
