@@ -27,6 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const LEAN_IO_CHUNK: usize = 8192;
 /// Most bytes held for writing until a flush.
 pub const LEAN_IO_WRITE_MAX: usize = 64 * 1024;
+/// What the write buffer holds at first: five 100 ms frames of PCM 16 kHz with their headers
+/// (the default lead of paced audio) without growing.
+pub const LEAN_IO_WRITE_RESERVE: usize = 16 * 1024;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -141,6 +144,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LeanIo<T> {
             if buf.len() >= LEAN_IO_WRITE_MAX {
                 return Pin::new(&mut this.inner).poll_write(cx, buf);
             }
+        }
+        if this.wbuf.capacity() == 0 {
+            // One allocation for a burst (a lead of 100 ms frames), not one growth a frame.
+            this.wbuf.reserve(buf.len().max(LEAN_IO_WRITE_RESERVE));
         }
         this.wbuf.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
