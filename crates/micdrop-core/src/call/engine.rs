@@ -304,33 +304,29 @@ impl CallTask {
                 // They are only queued: the client's frames are still read before any write.
                 Wake::Agent(ev) => {
                     self.on_agent_event(ev);
-                    for _ in 0..DRAIN_MAX {
-                        let Some(ev) = self.answer.as_mut().and_then(Answer::try_next_event) else {
-                            break;
-                        };
-                        self.on_agent_event(Some(ev));
-                    }
+                    self.drain(
+                        |c| c.answer.as_mut()?.try_next_event(),
+                        |c, ev| c.on_agent_event(Some(ev)),
+                    );
                 }
                 Wake::Tts(ev) => {
                     self.on_tts_event(ev);
-                    for _ in 0..DRAIN_MAX {
-                        if !self.outbox.wants_audio() {
-                            break;
-                        }
-                        let Some(Ok(ev)) = self.tts.as_mut().map(|s| s.events.try_recv()) else {
-                            break;
-                        };
-                        self.on_tts_event(ev);
-                    }
+                    self.drain(
+                        |c| {
+                            if !c.outbox.wants_audio() {
+                                return None;
+                            }
+                            c.tts.as_mut()?.events.try_recv().ok()
+                        },
+                        Self::on_tts_event,
+                    );
                 }
                 Wake::Stt(ev) => {
                     self.on_stt_event(ev);
-                    for _ in 0..DRAIN_MAX {
-                        let Some(Ok(ev)) = self.stt.as_mut().map(|s| s.events.try_recv()) else {
-                            break;
-                        };
-                        self.on_stt_event(ev);
-                    }
+                    self.drain(
+                        |c| c.stt.as_mut()?.events.try_recv().ok(),
+                        Self::on_stt_event,
+                    );
                 }
                 Wake::Written(Ok(())) => self.on_written(),
                 Wake::Written(Err(e)) => {
@@ -360,6 +356,14 @@ impl CallTask {
         self.report_latencies(None);
         self.report_stt_drops();
         Box::pin(self.finish(reason, close, client_close)).await
+    }
+
+    /// Handles the events `next` finds already waiting, at most [`DRAIN_MAX`].
+    fn drain<T>(&mut self, next: impl Fn(&mut Self) -> Option<T>, handle: impl Fn(&mut Self, T)) {
+        for _ in 0..DRAIN_MAX {
+            let Some(ev) = next(self) else { break };
+            handle(self, ev);
+        }
     }
 
     /// Releases the answer and the providers, writes what is queued, closes the socket.
