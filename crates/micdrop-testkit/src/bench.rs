@@ -154,15 +154,18 @@ impl ChatModel for SimModel {
         // little as it can.
         static WORDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         let words = WORDS.get_or_init(|| {
-            let mut rest = ANSWER;
-            let mut words = Vec::new();
-            while !rest.is_empty() {
-                // Each word with the space before it (the first has none).
-                let end = rest[1..].find(' ').map_or(rest.len(), |i| i + 1);
-                words.push(rest[..end].to_owned());
-                rest = &rest[end..];
-            }
-            words
+            // Each word with the space before it (the first has none).
+            ANSWER
+                .split(' ')
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == 0 {
+                        w.to_owned()
+                    } else {
+                        format!(" {w}")
+                    }
+                })
+                .collect()
         });
         Box::pin(futures::stream::unfold(0usize, move |i| async move {
             let word = words.get(i)?.clone();
