@@ -15,6 +15,7 @@ use super::latency::LatencyProbe;
 use super::outbox::Outbox;
 use super::trace::CallTrace;
 use super::user_turn::{AudioVerdict, Prediction, UserTurn};
+use super::woken::WokenOnly;
 use super::{
     CallClose, CallConfig, CallEnd, CallEvent, Control, EndReason, PROVIDER_CLOSE_GRACE,
     TurnLatencies,
@@ -188,7 +189,7 @@ impl CallTask {
     /// boxed when it comes: the future of an idle call stays small (it is most of an idle
     /// call's memory), and its timers are one `Sleep` (the earliest deadline) instead of one
     /// per deadline.
-    pub(super) async fn run(mut self: Box<Self>, mut stream: SocketStream) -> CallEnd {
+    pub(super) async fn run(mut self: Box<Self>, stream: SocketStream) -> CallEnd {
         info!(
             stt = self.config.stt.name(),
             tts = self.config.tts.as_ref().map(|t| t.name()),
@@ -204,6 +205,10 @@ impl CallTask {
         // One registration for the whole call (a fresh future per wake-up would register again).
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // The socket and the shutdown signal are polled only when they woke the call (most
+        // wake-ups are neither; the other sources are replaced during the call).
+        let mut cancelled = WokenOnly::new(cancelled);
+        let mut stream = WokenOnly::new(stream);
         let mut client_close = None;
         let (reason, close): (EndReason, Option<(u16, String)>) = loop {
             let now = tokio::time::Instant::now();

@@ -23,6 +23,7 @@ mod latency;
 mod outbox;
 mod trace;
 mod user_turn;
+mod woken;
 
 use std::sync::Arc;
 use std::time::Duration;
