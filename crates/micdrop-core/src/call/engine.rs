@@ -254,8 +254,8 @@ impl CallTask {
                         Wake::Paced
                     }
                 }
-                // Last: polled once per wake-up, not before every event (a token's check takes
-                // a lock); it is never starved, as the other branches run out of budget.
+                // Last, and reached only once the token fired (`WokenOnly`: a token's check
+                // takes a lock); it is never starved, as the other branches run out of budget.
                 _ = &mut cancelled => Wake::Shutdown,
             };
             match wake {
