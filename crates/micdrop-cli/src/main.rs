@@ -60,15 +60,14 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr);
     // Dependencies never log below info, whatever the filter says: at debug/trace they log
     // headers, frames and URLs with keys and tokens (docs/security.md).
-    let cap = micdrop_server::logging::dependency_cap();
+    let filter = micdrop_server::logging::log_filter(filter);
     // The trace spans, exported over OTLP when `[telemetry] otlp_endpoint` is set (whatever
     // MICDROP_LOG says: the log filter applies to the log lines only).
     let registry = tracing_subscriber::registry().with(micdrop_server::traces::layer());
     match format {
-        LogFormat::Text => registry.with(fmt.with_filter(filter)).with(cap).init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),
         LogFormat::Json => registry
             .with(fmt.json().flatten_event(true).with_filter(filter))
-            .with(cap)
             .init(),
     }
     // After `init`, which opens the `log` facade to every level.

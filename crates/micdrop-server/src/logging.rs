@@ -9,7 +9,9 @@
 //! params (user content only at `debug`).
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{FilterFn, LevelFilter, filter_fn};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::combinator::And;
+use tracing_subscriber::filter::{FilterExt, FilterFn, LevelFilter, filter_fn};
 
 /// The most verbose level allowed to targets outside micdrop's crates.
 pub const DEPENDENCY_MAX_LEVEL: Level = Level::INFO;
@@ -50,9 +52,21 @@ fn is_own_target(target: &str) -> bool {
     krate == "micdrop" || krate.starts_with("micdrop_")
 }
 
-/// A global filter to add to the subscriber (`registry().with(filter).with(dependency_cap())`).
-pub fn dependency_cap() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+/// The dependency cap as a filter.
+pub type DependencyCap = FilterFn<fn(&Metadata<'_>) -> bool>;
+
+/// The cap alone, as a filter (see [`log_filter`]).
+pub fn dependency_cap() -> DependencyCap {
     filter_fn(allowed as fn(&Metadata<'_>) -> bool)
+}
+
+/// The log layer's filter: the user's (`MICDROP_LOG`) and the dependency cap, as a per-layer
+/// filter (`fmt::layer().with_filter(log_filter(env_filter))`). Not a global one: a global
+/// filter that may enable a callsite makes `tracing` build each span another layer could
+/// want, so every trace span of every call was built and entered with logs at `warn` and no
+/// exporter.
+pub fn log_filter<S>(user: EnvFilter) -> And<EnvFilter, DependencyCap, S> {
+    user.and(dependency_cap())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! down or slow costs the calls nothing.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -54,6 +55,9 @@ type Slot = reload::Handle<Option<Inner>, Registry>;
 pub type TracesLayer = Filtered<reload::Layer<Option<Inner>, Registry>, TraceSpans, Registry>;
 
 static SLOT: OnceLock<Slot> = OnceLock::new();
+/// An exporter is plugged into [`SLOT`]: while it is not, [`TraceSpans`] keeps nothing, so a
+/// trace span that no log line wants (an info span with logs at warn) is not made at all.
+static PLUGGED: AtomicBool = AtomicBool::new(false);
 
 /// The layer to add (once per process) to the subscriber, right on the registry. Exports
 /// nothing until an [`App`](crate::App) with `otlp_endpoint` starts. A second call returns a
@@ -65,7 +69,8 @@ pub fn layer() -> TracesLayer {
 }
 
 /// The filter of [`layer`]: micdrop's trace spans ([`micdrop_core::trace::SPANS`]) and nothing
-/// else (no event: log lines at debug level carry user content).
+/// else (no event: log lines at debug level carry user content), while an exporter is plugged
+/// (a span made before it was plugged is not exported).
 #[derive(Debug, Clone, Copy)]
 pub struct TraceSpans;
 
@@ -79,11 +84,12 @@ impl TraceSpans {
 
 impl<S> Filter<S> for TraceSpans {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        Self::wants(meta)
+        PLUGGED.load(Ordering::Acquire) && Self::wants(meta)
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if Self::wants(meta) {
+        // Asked again when an exporter is plugged or unplugged (`set_plugged`).
+        if PLUGGED.load(Ordering::Acquire) && Self::wants(meta) {
             Interest::always()
         } else {
             Interest::never()
@@ -91,9 +97,22 @@ impl<S> Filter<S> for TraceSpans {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        // The trace spans are at info (the call's at error).
-        Some(LevelFilter::INFO)
+        // The trace spans are at info (the call's at error). Nothing while nothing exports:
+        // then a span that only this layer would want (an info span with logs at warn) is
+        // not even built (`tracing` checks the process's max level first).
+        Some(if PLUGGED.load(Ordering::Acquire) {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        })
     }
+}
+
+/// Plugs or unplugs: `tracing` caches which spans each layer wants and the process's max level;
+/// they are computed again.
+fn set_plugged(plugged: bool) {
+    PLUGGED.store(plugged, Ordering::Release);
+    tracing::callsite::rebuild_interest_cache();
 }
 
 /// Why traces cannot be exported.
@@ -197,6 +216,9 @@ impl Traces {
                 *current = Some(layer);
             }
         });
+        if !busy && plugged.is_ok() {
+            set_plugged(true);
+        }
         if busy || plugged.is_err() {
             // Nothing was exported through it: dropping it sends nothing.
             drop(provider);
@@ -215,6 +237,7 @@ impl Traces {
     pub async fn shutdown(self) {
         if let Some(slot) = SLOT.get() {
             let _ = slot.modify(|current| *current = None);
+            set_plugged(false);
         }
         let provider = self.provider;
         let flush = tokio::task::spawn_blocking(move || provider.shutdown());
@@ -229,6 +252,28 @@ impl Traces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_trace_span_is_made_while_nothing_exports_and_the_logs_do_not_want_it() {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        // As `micdrop` builds it (crates/micdrop-cli/src/main.rs).
+        let logs = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(crate::logging::log_filter(
+                tracing_subscriber::EnvFilter::new("warn"),
+            ));
+        let subscriber = tracing_subscriber::registry().with(layer()).with(logs);
+        tracing::subscriber::with_default(subscriber, || {
+            let turn = tracing::info_span!(target: "micdrop_core::call", "turn");
+            assert!(turn.is_disabled(), "an info trace span with logs at warn");
+            let call = tracing::error_span!(target: "micdrop_core::call", "call");
+            assert!(
+                !call.is_disabled(),
+                "the call's span carries the log lines' context"
+            );
+        });
+    }
 
     #[test]
     fn urls() {
