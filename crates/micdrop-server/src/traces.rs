@@ -216,9 +216,6 @@ impl Traces {
                 *current = Some(layer);
             }
         });
-        if !busy && plugged.is_ok() {
-            set_plugged(true);
-        }
         if busy || plugged.is_err() {
             // Nothing was exported through it: dropping it sends nothing.
             drop(provider);
@@ -228,6 +225,7 @@ impl Traces {
                 TracesError::NoLayer
             });
         }
+        set_plugged(true);
         tracing::info!(url = %url, "exporting traces over OTLP/HTTP");
         Ok(Some(Traces { provider, url }))
     }
