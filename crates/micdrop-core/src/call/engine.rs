@@ -58,6 +58,20 @@ enum Wake {
     Idle,
 }
 
+impl Wake {
+    /// The commonest wake-ups, handled outside the call's span (see [`CallTask::run`]): a user
+    /// audio frame, a paced burst, a write done, TTS events (audio, mostly).
+    fn is_quiet(&self) -> bool {
+        matches!(
+            self,
+            Wake::Paced
+                | Wake::Written(Ok(()))
+                | Wake::Client(Some(Ok(WsMessage::Binary(_))))
+                | Wake::Tts(_)
+        )
+    }
+}
+
 /// A job of the serial answer/speak queue.
 #[derive(Debug)]
 enum Job {
@@ -153,8 +167,8 @@ impl CallTask {
             commands: cmd_rx,
             events: ev_tx,
         });
-        self.providers
-            .push(tokio::spawn(fut.instrument(tracing::Span::current())));
+        let span = self.trace.call_span().clone();
+        self.providers.push(tokio::spawn(fut.instrument(span)));
         self.stt = Some(Session {
             commands: cmd_tx,
             events: ev_rx,
@@ -177,8 +191,8 @@ impl CallTask {
             commands: cmd_rx,
             events: ev_tx,
         });
-        self.providers
-            .push(tokio::spawn(fut.instrument(tracing::Span::current())));
+        let span = self.trace.call_span().clone();
+        self.providers.push(tokio::spawn(fut.instrument(span)));
         self.tts = Some(Session {
             commands: cmd_tx,
             events: ev_rx,
@@ -189,7 +203,14 @@ impl CallTask {
     /// boxed when it comes: the future of an idle call stays small (it is most of an idle
     /// call's memory), and its timers are one `Sleep` (the earliest deadline) instead of one
     /// per deadline.
+    ///
+    /// The call's span is entered to handle a wake-up, but not for the commonest ones
+    /// ([`Wake::is_quiet`]: at 3 000 calls, entering and leaving it at each of them was ~8 % of a
+    /// turn's instructions): the few lines their handling may log enter it themselves
+    /// ([`Self::in_span`]), and the provider sessions and the agent get it explicitly.
     pub(super) async fn run(mut self: Box<Self>, stream: SocketStream) -> CallEnd {
+        let span = self.trace.call_span().clone();
+        let entered = span.enter();
         info!(
             stt = self.config.stt.name(),
             tts = self.config.tts.as_ref().map(|t| t.name()),
@@ -197,6 +218,7 @@ impl CallTask {
             "call started"
         );
         self.first_message();
+        drop(entered);
 
         let mut idle_at = tokio::time::Instant::now() + self.config.idle_timeout;
         let timer = tokio::time::sleep_until(idle_at);
@@ -258,6 +280,7 @@ impl CallTask {
                 // takes a lock); it is never starved, as the other branches run out of budget.
                 _ = &mut cancelled => Wake::Shutdown,
             };
+            let _entered = (!wake.is_quiet()).then(|| span.enter());
             match wake {
                 Wake::Shutdown => {
                     break (
@@ -290,7 +313,9 @@ impl CallTask {
                             ClientFrame::Command(c) => self.on_command(c),
                             ClientFrame::Audio(pcm) => {
                                 if let Some(flood) = self.on_audio(pcm) {
-                                    warn!(%flood, "audio faster than real time: closing the call");
+                                    span.in_scope(|| {
+                                        warn!(%flood, "audio faster than real time: closing the call");
+                                    });
                                     break (
                                         EndReason::AudioFlood(flood),
                                         Some((CLOSE_POLICY_VIOLATION, AUDIO_FLOOD_REASON.into())),
@@ -358,9 +383,19 @@ impl CallTask {
                 }
             }
         };
-        self.report_latencies(None);
-        self.report_stt_drops();
-        Box::pin(self.finish(reason, close, client_close)).await
+        span.in_scope(|| {
+            self.report_latencies(None);
+            self.report_stt_drops();
+        });
+        Box::pin(self.finish(reason, close, client_close))
+            .instrument(span)
+            .await
+    }
+
+    /// Runs `f` in the call's span: for the lines logged on the paths of the quiet wake-ups
+    /// (see [`Self::run`]).
+    fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.trace.call_span().in_scope(f)
     }
 
     /// Handles the events `next` finds already waiting, at most [`DRAIN_MAX`].
@@ -452,7 +487,7 @@ impl CallTask {
     fn emit(&mut self, ev: CallEvent) {
         if let Some(obs) = &self.config.observer {
             if let Err(mpsc::error::TrySendError::Full(_)) = obs.try_send(ev) {
-                warn!("call observer is full: event dropped");
+                self.in_span(|| warn!("call observer is full: event dropped"));
             }
         }
     }
@@ -471,6 +506,9 @@ impl CallTask {
         let Some(probe) = self.probe.take() else {
             return;
         };
+        // Reached from a write (a quiet wake-up): logs, so in the call's span.
+        let span = self.trace.call_span().clone();
+        let _entered = span.enter();
         let l: TurnLatencies = probe.finish(first_audio);
         self.trace.latencies(&l);
         for (stage, d) in [
@@ -570,19 +608,21 @@ impl CallTask {
                 // Counted, and reported once at the end of the turn (a flooding or stuck
                 // session would otherwise log one line per chunk).
                 if self.user.stt_dropped == 0 {
-                    warn!("STT session not accepting audio: losing it until it catches up");
+                    self.in_span(|| {
+                        warn!("STT session not accepting audio: losing it until it catches up");
+                    });
                 }
                 self.user.stt_dropped += 1;
                 self.user.stt_dropped_bytes += pcm.len() as u64;
             }
-            Err(e) => warn!(error = %e, "STT session not accepting commands"),
+            Err(e) => self.in_span(|| warn!(error = %e, "STT session not accepting commands")),
         }
     }
 
     fn tts(&mut self, cmd: TtsCommand) {
         if let Some(tts) = &self.tts {
             if let Err(e) = tts.commands.try_send(cmd) {
-                warn!(error = %e, "TTS session not accepting commands");
+                self.in_span(|| warn!(error = %e, "TTS session not accepting commands"));
             }
         }
     }
@@ -930,7 +970,7 @@ impl CallTask {
                 }
             }
             TtsEvent::Done(u) => {
-                debug!(utterance = u, "utterance spoken");
+                self.in_span(|| debug!(utterance = u, "utterance spoken"));
                 self.trace.utterance_over(u, "done");
             }
             TtsEvent::Failed {
@@ -938,6 +978,9 @@ impl CallTask {
                 error,
                 unspoken,
             } => {
+                // A TTS event is a quiet wake-up (see `run`): this one logs.
+                let span = self.trace.call_span().clone();
+                let _entered = span.enter();
                 warn!(%error, utterance, unspoken = unspoken.len(), "TTS failed");
                 self.trace.utterance_over(utterance, "failed");
                 // Without any audio the client would wait forever: release it.

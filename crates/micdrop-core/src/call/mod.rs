@@ -32,7 +32,6 @@ use bytes::Bytes;
 use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::agent::Agent;
 use crate::conversation::ConversationItem;
@@ -375,9 +374,10 @@ fn call_future(
         outcome = tracing::field::Empty,
         close_code = tracing::field::Empty,
     );
-    // Built inside the call's span (its trace takes the span as its parent).
+    // Built inside the call's span (its trace holds the span; the task enters it itself, see
+    // `engine::CallTask::run`).
     let task = span.in_scope(|| Box::new(engine::CallTask::new(config, id, sink, control)));
-    task.run(stream).instrument(span)
+    task.run(stream)
 }
 
 /// Closes a socket with a Micdrop error (4400, 4401, ...): sends a real close frame with the

@@ -56,6 +56,11 @@ impl CallTrace {
         }
     }
 
+    /// The call's span.
+    pub fn call_span(&self) -> &Span {
+        &self.call
+    }
+
     /// The span that an answer starting now belongs to: the open turn's, else the call's.
     pub fn answer_span(&self) -> &Span {
         match &self.turn {
