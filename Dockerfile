@@ -19,8 +19,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p micdrop-cli --bin micdrop \
-    && install -D -m 0755 target/release/micdrop /out/micdrop
+    cargo build --profile dist --locked -p micdrop-cli --bin micdrop \
+    && install -D -m 0755 target/dist/micdrop /out/micdrop
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # espeak-ng: real speech for the TTS simulator of `serve --sim`; curl: the HEALTHCHECK;

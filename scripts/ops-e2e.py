@@ -357,7 +357,7 @@ def test_manifests(exe, tmp):
     hc = re.search(r"^HEALTHCHECK .*\n.*(http://127\.0\.0\.1:8080(/\S+))\"", docker, re.M)
     check(hc, "HEALTHCHECK on port 8080")
     check(re.search(r"^USER micdrop$", docker, re.M), "non-root user")
-    check(re.search(r"^FROM .* AS build$", docker, re.M) and "--release" in docker, "multi-stage")
+    check(re.search(r"^FROM .* AS build$", docker, re.M) and "--profile dist" in docker, "multi-stage")
     check("espeak-ng" in docker, "espeak-ng in the runtime image")
     with open(os.path.join(ROOT, "deploy", "micdrop.toml")) as f:
         image_conf = f.read()
