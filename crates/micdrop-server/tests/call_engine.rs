@@ -17,13 +17,7 @@ use micdrop_testkit::{Frame, ModelStep, ScriptedModel, ScriptedStt, ScriptedTts,
 use serde_json::json;
 
 mod common;
-use common::Harness;
-
-async fn turn(c: &mut WsClient, chunks: usize) {
-    c.text("StartSpeaking").await;
-    c.audio(chunks).await;
-    c.text("StopSpeaking").await;
-}
+use common::{Harness, turn};
 
 fn stt(texts: &[&str]) -> Arc<ScriptedStt> {
     Arc::new(ScriptedStt::transcripts(texts))

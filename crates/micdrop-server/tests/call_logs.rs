@@ -7,16 +7,10 @@ use std::time::Duration;
 
 use micdrop_core::agent::Agent;
 use micdrop_core::call::CallConfig;
-use micdrop_testkit::{ScriptedModel, ScriptedStt, ScriptedTts, WsClient};
+use micdrop_testkit::{ScriptedModel, ScriptedStt, ScriptedTts};
 
 mod common;
-use common::Harness;
-
-async fn turn(c: &mut WsClient, chunks: usize) {
-    c.text("StartSpeaking").await;
-    c.audio(chunks).await;
-    c.text("StopSpeaking").await;
-}
+use common::{Harness, turn};
 
 /// The call task handles its commonest wake-ups (a user audio frame, a paced burst, a write)
 /// outside the call's span; the lines logged on their paths still carry the call's id: the

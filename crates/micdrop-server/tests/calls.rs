@@ -16,7 +16,7 @@ use micdrop_testkit::{
 use serde_json::json;
 
 mod common;
-use common::Harness;
+use common::{Harness, turn};
 
 const SYSTEM: &str = "You are a test.";
 const QUIET: Duration = Duration::from_millis(300);
@@ -66,12 +66,6 @@ async fn audio_until_quiet(c: &mut WsClient) -> usize {
         }
     }
     audio
-}
-
-async fn turn(c: &mut WsClient, chunks: usize) {
-    c.text("StartSpeaking").await;
-    c.audio(chunks).await;
-    c.text("StopSpeaking").await;
 }
 
 #[tokio::test]

@@ -53,6 +53,13 @@ impl Harness {
     }
 }
 
+/// One user turn: `StartSpeaking`, `chunks` audio frames, `StopSpeaking`.
+pub async fn turn(c: &mut WsClient, chunks: usize) {
+    c.text("StartSpeaking").await;
+    c.audio(chunks).await;
+    c.text("StopSpeaking").await;
+}
+
 /// Log lines written by the server, captured in memory (see [`capture_logs`]).
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
