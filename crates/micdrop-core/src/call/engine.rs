@@ -205,8 +205,8 @@ impl CallTask {
     /// per deadline.
     ///
     /// The call's span is entered to handle a wake-up, but not for the commonest ones
-    /// ([`Wake::is_quiet`]: at 3 000 calls, entering and leaving it at each of them was ~8 % of a
-    /// turn's instructions): the few lines their handling may log enter it themselves
+    /// ([`Wake::is_quiet`]: not entering it at each of them saves 4.5 % of a turn's instructions,
+    /// docs/BENCHMARKS.md): the few lines their handling may log enter it themselves
     /// ([`Self::in_span`]), and the provider sessions and the agent get it explicitly.
     pub(super) async fn run(mut self: Box<Self>, stream: SocketStream) -> CallEnd {
         let span = self.trace.call_span().clone();
