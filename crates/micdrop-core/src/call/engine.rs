@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
@@ -167,12 +168,18 @@ impl CallTask {
             commands: cmd_rx,
             events: ev_tx,
         });
-        let span = self.trace.call_span().clone();
-        self.providers.push(tokio::spawn(fut.instrument(span)));
+        self.spawn_session(fut);
         self.stt = Some(Session {
             commands: cmd_tx,
             events: ev_rx,
         });
+    }
+
+    /// Spawns a provider session in the call's span (the call task does not enter it at each
+    /// wake-up, see `run`; the session's lines carry the call id).
+    fn spawn_session(&mut self, session: BoxFuture<'static, ()>) {
+        let span = self.trace.call_span().clone();
+        self.providers.push(tokio::spawn(session.instrument(span)));
     }
 
     /// Starts the TTS session if there is a TTS and it is not running: at the first utterance,
@@ -191,8 +198,7 @@ impl CallTask {
             commands: cmd_rx,
             events: ev_tx,
         });
-        let span = self.trace.call_span().clone();
-        self.providers.push(tokio::spawn(fut.instrument(span)));
+        self.spawn_session(fut);
         self.tts = Some(Session {
             commands: cmd_tx,
             events: ev_rx,
