@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// with `--sim realistic`; 1: real time, one frame at a time).
     #[arg(long, value_parser = parse_realtime_factor)]
     pub tts_realtime_factor: Option<f64>,
+    /// The in-process server's audio lead in ms (`[call] audio_lead_ms`: assistant audio paced
+    /// at real time plus this lead, topped up when half of it is left; 0: unpaced). Default:
+    /// the server's, 500.
+    #[arg(long, conflicts_with = "url")]
+    pub audio_lead_ms: Option<u64>,
     /// In-process server stack: `engine` (the call engine over trait-level simulated providers
     /// with exact delays) or `providers` (`micdrop serve --sim`: the real Gladia, Gradium and
     /// Mistral clients against micdrop-sim's network simulators, TTS as a tone).
@@ -124,7 +129,7 @@ fn parse_realtime_factor(s: &str) -> Result<f64, String> {
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let delays = args.delays();
     if args.serve_only {
-        return serve_only(args.stack, args.sim, delays).await;
+        return serve_only(args.stack, args.sim, delays, args.audio_lead_ms).await;
     }
     if let Some(limit) = Machine::now().open_files_limit {
         // In-process, every call holds two sockets (client and server ends).
@@ -158,13 +163,17 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
             None => tokio::process::Command::new(exe),
         };
-        let mut c = command
+        command
             .args(["bench", "--serve-only", "--sim"])
             .arg(format!("{:?}", args.sim).to_lowercase())
             .arg("--stack")
             .arg(format!("{:?}", args.stack).to_lowercase())
             .arg("--tts-realtime-factor")
-            .arg(delays.tts_realtime_factor.to_string())
+            .arg(delays.tts_realtime_factor.to_string());
+        if let Some(ms) = args.audio_lead_ms {
+            command.arg("--audio-lead-ms").arg(ms.to_string());
+        }
+        let mut c = command
             .stdout(std::process::Stdio::piped())
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -183,7 +192,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             pid.map(|p| format!("server child process pid {p}")),
         )
     } else {
-        let server = start_server(args.stack, args.sim, delays, args.calls).await?;
+        let server =
+            start_server(args.stack, args.sim, delays, args.audio_lead_ms, args.calls).await?;
         let url = server.url();
         in_process = Some(server);
         (
@@ -224,6 +234,12 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut report = micdrop_client::bench::run(options).await;
     if in_proc && args.stack == Stack::Engine {
         report.sim = Some(serde_json::to_value(delays)?);
+    }
+    if in_proc {
+        report.audio_lead_ms = Some(
+            args.audio_lead_ms
+                .unwrap_or(micdrop_core::call::DEFAULT_AUDIO_LEAD.as_millis() as u64),
+        );
     }
 
     if let Some(server) = in_process {
@@ -267,13 +283,18 @@ async fn start_server(
     stack: Stack,
     sim: SimMode,
     delays: SimDelays,
+    audio_lead_ms: Option<u64>,
     calls: usize,
 ) -> anyhow::Result<InProcess> {
     let max_calls = calls.max(1) + 100;
+    let lead = audio_lead_ms.map(|ms| (ms > 0).then(|| Duration::from_millis(ms)));
     match stack {
         Stack::Engine => {
             // A load generator may send faster than real time (`pace = "fast"`): no audio budget.
-            let template = timed::call_config(delays).audio_burst(None);
+            let mut template = timed::call_config(delays).audio_burst(None);
+            if let Some(lead) = lead {
+                template = template.audio_lead(lead);
+            }
             let mut options = micdrop_server::ServerOptions::with_template(template);
             options.max_calls = max_calls;
             options.serve_assets = false;
@@ -291,6 +312,9 @@ async fn start_server(
             config.server.listen = "127.0.0.1:0".into();
             config.server.max_calls = max_calls;
             config.server.audio_burst_secs = 0;
+            if let Some(ms) = audio_lead_ms {
+                config.call.audio_lead_ms = ms;
+            }
             let mut script = micdrop_sim::SimScript {
                 zero_delay: sim == SimMode::Zero,
                 tts_engine: micdrop_sim::TtsEngine::Tone,
@@ -312,8 +336,13 @@ async fn start_server(
 }
 
 /// The child of `--isolate`: serves until its stdin closes.
-async fn serve_only(stack: Stack, sim: SimMode, delays: SimDelays) -> anyhow::Result<()> {
-    let server = start_server(stack, sim, delays, 20_000).await?;
+async fn serve_only(
+    stack: Stack,
+    sim: SimMode,
+    delays: SimDelays,
+    audio_lead_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let server = start_server(stack, sim, delays, audio_lead_ms, 20_000).await?;
     println!("{}", server.url());
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}

@@ -108,3 +108,65 @@ fn light_callers_hold_their_calls_and_get_answers() {
     assert_eq!(r["latency_ms"]["count"].as_u64().unwrap(), turns, "{r:#}");
     assert!(r["server_overhead_ms"]["p99"].as_f64().is_some());
 }
+
+#[test]
+fn the_isolated_server_takes_the_audio_lead() {
+    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
+        .env("MICDROP_LOG", "warn")
+        .args([
+            "bench",
+            "--light",
+            "--isolate",
+            "--audio-lead-ms",
+            "0",
+            "--calls",
+            "6",
+            "--ramp",
+            "0.1",
+            "--duration",
+            "5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["errors"], 0, "{r:#}");
+    assert_eq!(r["audio_lead_ms"], 0, "{r:#}");
+    // Unpaced, each ~3.8 s answer arrives at once, but a light caller thinks only once it has
+    // played: every caller's first turn (started 0.5 to 1.5 s in) ends after the 5.1 s of the
+    // load phase, so each speaks exactly once. (Callers that thought after 400 ms of silence
+    // started second turns at 3.9, 4.2 and 4.4 s.)
+    assert_eq!(r["turns_sent"], 6, "{r:#}");
+    assert_eq!(r["turns_completed"], 6, "{r:#}");
+    assert!(
+        r["server"]["measured"]
+            .as_str()
+            .unwrap()
+            .contains("child process"),
+        "{r:#}"
+    );
+
+    // A lead for a server the bench does not start is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
+        .args([
+            "bench",
+            "--url",
+            "ws://127.0.0.1:9/",
+            "--audio-lead-ms",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--audio-lead-ms"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -199,6 +199,9 @@ pub struct BenchReport {
     pub bench_runtime_lag_ms: Percentiles,
     /// The simulator delays of the in-process server, when the command set them.
     pub sim: Option<serde_json::Value>,
+    /// The in-process server's audio lead in ms (0: unpaced), when the command started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_lead_ms: Option<u64>,
     /// What the machine was doing.
     pub machine: Machine,
     /// Wall time of the load phase, in s.
@@ -485,6 +488,7 @@ pub async fn run(options: BenchOptions) -> BenchReport {
         error_samples: agg.error_samples,
         server,
         sim: None,
+        audio_lead_ms: None,
         machine: Machine {
             loadavg_after: loadavg(),
             ..machine_before

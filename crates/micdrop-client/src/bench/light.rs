@@ -5,8 +5,9 @@
 //!
 //! A turn: `StartSpeaking`, 10 × 100 ms of speech-like audio in real time, `StopSpeaking`;
 //! latency = `StopSpeaking` written → first assistant audio frame. The answer is over after
-//! `SkipAnswer`, or once no audio came for [`ANSWER_QUIET`]; then a think time of 1 to 3 s
-//! (pseudo-random per call) before the next turn.
+//! `SkipAnswer`, or once no audio came for [`ANSWER_QUIET`] and the audio received has played
+//! (as a client plays it: back to back from its arrival), whatever the server's pacing; then a
+//! think time of 1 to 3 s (pseudo-random per call) before the next turn.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,7 +44,14 @@ enum Phase {
     Waiting {
         stopped: Instant,
         last_audio: Option<Instant>,
+        /// When the audio received so far ends playing.
+        played: Option<Instant>,
     },
+}
+
+/// Play time of PCM s16le 16 kHz mono bytes.
+fn play_time(bytes: usize) -> Duration {
+    Duration::from_micros(bytes as u64 * 1_000_000 / 32_000)
 }
 
 /// A small xorshift for think times (no dependency, deterministic per caller).
@@ -95,18 +103,22 @@ pub(super) async fn caller(
             Phase::Waiting {
                 stopped,
                 last_audio,
-            } => Some(last_audio.map_or(*stopped + ANSWER_TIMEOUT, |t| t + ANSWER_QUIET)),
+                played,
+            } => Some(last_audio.map_or(*stopped + ANSWER_TIMEOUT, |t| {
+                (t + ANSWER_QUIET).max(played.unwrap_or(t))
+            })),
         };
         tokio::select! {
             biased;
             msg = rx.next() => match msg {
-                Some(Ok(Message::Binary(_))) => {
-                    if let Phase::Waiting { stopped, last_audio } = &mut phase {
+                Some(Ok(Message::Binary(audio))) => {
+                    if let Phase::Waiting { stopped, last_audio, played } = &mut phase {
                         let now = Instant::now();
                         if last_audio.is_none() {
                             latencies.push(now.duration_since(*stopped).as_secs_f64() * 1000.0);
                         }
                         *last_audio = Some(now);
+                        *played = Some(played.unwrap_or(now).max(now) + play_time(audio.len()));
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
@@ -149,12 +161,14 @@ pub(super) async fn caller(
                             *next += FRAME;
                             tx.send(Message::Binary(frame.clone())).await
                         } else {
-                            phase = Phase::Waiting { stopped: now, last_audio: None };
+                            phase = Phase::Waiting { stopped: now, last_audio: None, played: None };
                             tx.send(Message::text("StopSpeaking")).await
                         }
                     }
-                    Phase::Waiting { last_audio, .. } => {
-                        if last_audio.is_some() {
+                    Phase::Waiting { last_audio, played, .. } => {
+                        if played.is_some_and(|p| p > now) {
+                            // Quiet, but what was received still plays.
+                        } else if last_audio.is_some() {
                             answered += 1;
                             phase = Phase::Thinking(now + think_time(&mut seed));
                         } else {
@@ -199,5 +213,6 @@ mod tests {
             );
         }
         assert_eq!(speech_frame().len(), 3200);
+        assert_eq!(play_time(3200), FRAME);
     }
 }
