@@ -2,6 +2,25 @@
 
 use std::process::Command;
 
+/// Runs `micdrop bench ARGS --json` (logs at warn) and returns its report; panics with its
+/// output when it fails.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
+        .env("MICDROP_LOG", "warn")
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
 #[test]
 fn short_bench_reports_latency_barge_in_and_server_usage() {
     let dir = std::env::temp_dir().join(format!("micdrop-bench-{}", std::process::id()));
@@ -26,29 +45,16 @@ fn short_bench_reports_latency_barge_in_and_server_usage() {
         "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
-        .env("MICDROP_LOG", "warn")
-        .args([
-            "bench",
-            "--calls",
-            "4",
-            "--ramp",
-            "0.2",
-            "--duration",
-            "1",
-            "--json",
-        ])
-        .arg("--scenario")
-        .arg(&scenario)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = bench_json(&[
+        "--calls",
+        "4",
+        "--ramp",
+        "0.2",
+        "--duration",
+        "1",
+        "--scenario",
+        scenario.to_str().unwrap(),
+    ]);
     assert_eq!(r["calls"], 4);
     assert_eq!(r["errors"], 0, "{r:#}");
     assert!(r["runs"].as_u64().unwrap() >= 4, "{r:#}");
@@ -75,28 +81,15 @@ fn short_bench_reports_latency_barge_in_and_server_usage() {
 
 #[test]
 fn light_callers_hold_their_calls_and_get_answers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
-        .env("MICDROP_LOG", "warn")
-        .args([
-            "bench",
-            "--light",
-            "--calls",
-            "3",
-            "--ramp",
-            "0.1",
-            "--duration",
-            "2",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = bench_json(&[
+        "--light",
+        "--calls",
+        "3",
+        "--ramp",
+        "0.1",
+        "--duration",
+        "2",
+    ]);
     assert_eq!(r["errors"], 0, "{r:#}");
     // One connection per caller for the whole run.
     assert_eq!(r["runs"], 3, "{r:#}");
@@ -111,31 +104,18 @@ fn light_callers_hold_their_calls_and_get_answers() {
 
 #[test]
 fn the_isolated_server_takes_the_audio_lead() {
-    let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
-        .env("MICDROP_LOG", "warn")
-        .args([
-            "bench",
-            "--light",
-            "--isolate",
-            "--audio-lead-ms",
-            "0",
-            "--calls",
-            "6",
-            "--ramp",
-            "0.1",
-            "--duration",
-            "5",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = bench_json(&[
+        "--light",
+        "--isolate",
+        "--audio-lead-ms",
+        "0",
+        "--calls",
+        "6",
+        "--ramp",
+        "0.1",
+        "--duration",
+        "5",
+    ]);
     assert_eq!(r["errors"], 0, "{r:#}");
     assert_eq!(r["audio_lead_ms"], 0, "{r:#}");
     // Unpaced, each ~3.8 s answer arrives at once, but a light caller thinks only once it has
