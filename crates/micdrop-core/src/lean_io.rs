@@ -12,24 +12,148 @@
 //! connection holds no read buffer here, and a frame still costs one system call.
 //!
 //! Writes are gathered the same way: the frames written between two flushes (a burst of paced
-//! audio, a text frame and its audio) go to the socket in one system call at the flush, from a
-//! buffer that exists only until then (at most [`LEAN_IO_WRITE_MAX`] bytes wait; a write beyond
-//! sends what waits first). With tungstenite's own write buffer off (`write_buffer_size(0)`),
-//! each frame was one `send`: 40 a turn for a 3.7 s answer.
+//! audio, a text frame and its audio) go to the socket in one system call at the flush (one
+//! `writev` of the chunks that wait), from a queue that holds nothing between bursts (at most
+//! [`LEAN_IO_WRITE_MAX`] bytes of the library's writes wait; a write beyond sends what waits
+//! first). With tungstenite's own write buffer off (`write_buffer_size(0)`), each frame was one
+//! `send`: 40 a turn for a 3.7 s answer.
+//!
+//! A [`RawWriter`] puts binary frames in the same queue without the library: a server's audio
+//! frame is its 4-byte header and the payload it already has (`Bytes`), sent by the same
+//! `writev` without being copied (through tungstenite, the payload was copied twice: into its
+//! frame buffer, then into the gathered buffer). The library's own writes (text, ping, pong,
+//! close) keep their order with them; once the library has written a close frame, the raw
+//! writer refuses more.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes taken from the socket by one read.
 pub const LEAN_IO_CHUNK: usize = 8192;
 /// Most bytes held for writing until a flush.
 pub const LEAN_IO_WRITE_MAX: usize = 64 * 1024;
-/// What the write buffer holds at first: five 100 ms frames of PCM 16 kHz with their headers
-/// (the default lead of paced audio) without growing.
-pub const LEAN_IO_WRITE_RESERVE: usize = 16 * 1024;
+/// Most chunks handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// The chunks waiting for a flush, shared by a [`LeanIo`] and its [`RawWriter`]s.
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+    /// The library wrote a close frame: no frame may follow it.
+    closed: bool,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops the first `n` bytes (sent).
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() > n {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+        if self.chunks.is_empty() {
+            // Nothing held between bursts.
+            self.chunks = VecDeque::new();
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Pending>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `buf`, whole frames written by a WebSocket library, holds a close frame (opcode 8).
+/// A frame cut at the end of `buf` is looked at by its header only.
+fn has_close_frame(mut buf: &[u8]) -> bool {
+    while buf.len() >= 2 {
+        if buf[0] & 0x0f == 0x8 {
+            return true;
+        }
+        let (len, header) = match buf[1] & 0x7f {
+            126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(b), 10)
+            }
+            126 | 127 => return false,
+            n => (u64::from(n), 2),
+        };
+        let mask = if buf[1] & 0x80 != 0 { 4 } else { 0 };
+        let Ok(end) = usize::try_from(len + header + mask) else {
+            return false;
+        };
+        buf = buf.get(end..).unwrap_or(&[]);
+    }
+    false
+}
+
+/// Writes binary frames of a server (unmasked) into a [`LeanIo`]'s queue, after what the
+/// library wrote before and without copying their payload; they go out at the next flush.
+#[derive(Debug)]
+pub struct RawWriter {
+    shared: Shared,
+    /// Where the frames' headers are written (one allocation for many headers).
+    headers: BytesMut,
+}
+
+/// The socket's library wrote a close frame: nothing may be sent after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the WebSocket is closing: no frame may follow its close frame")]
+pub struct Closing;
+
+impl RawWriter {
+    /// Queues a final binary frame (opcode 2) carrying `payload`.
+    pub fn push_binary(&mut self, payload: Bytes) -> Result<(), Closing> {
+        let mut pending = lock(&self.shared);
+        if pending.closed {
+            return Err(Closing);
+        }
+        if self.headers.capacity() - self.headers.len() < 10 {
+            self.headers.reserve(16 * 10);
+        }
+        self.headers.put_u8(0x82);
+        match payload.len() {
+            n if n < 126 => self.headers.put_u8(n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                self.headers.put_u8(126);
+                self.headers.put_u16(n as u16);
+            }
+            n => {
+                self.headers.put_u8(127);
+                self.headers.put_u64(n as u64);
+            }
+        }
+        let header = self.headers.split().freeze();
+        pending.push(header);
+        if !payload.is_empty() {
+            pending.push(payload);
+        }
+        Ok(())
+    }
+}
 
 /// See the module docs.
 #[derive(Debug)]
@@ -39,9 +163,8 @@ pub struct LeanIo<T> {
     /// allocation, when there are none.
     buf: Vec<u8>,
     pos: usize,
-    /// Bytes written and not sent yet (from `wpos`); no allocation when there are none.
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// Chunks written and not sent yet, shared with the [`RawWriter`]s.
+    pending: Shared,
 }
 
 impl<T> LeanIo<T> {
@@ -52,8 +175,15 @@ impl<T> LeanIo<T> {
             inner,
             buf: already_read.to_vec(),
             pos: 0,
-            wbuf: Vec::new(),
-            wpos: 0,
+            pending: Shared::default(),
+        }
+    }
+
+    /// A writer of binary frames into this socket's write queue (for a server: unmasked).
+    pub fn raw_writer(&self) -> RawWriter {
+        RawWriter {
+            shared: self.pending.clone(),
+            headers: BytesMut::new(),
         }
     }
 
@@ -69,7 +199,7 @@ impl<T> LeanIo<T> {
 
     /// Bytes written and waiting for a flush (a test figure).
     pub fn pending_write(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        lock(&self.pending).len
     }
 
     /// Copies buffered bytes to `dst`; frees the buffer once it is drained.
@@ -116,19 +246,42 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> LeanIo<T> {
-    /// Sends the bytes waiting for a flush; frees their buffer once they are all sent.
+    /// Sends the chunks waiting for a flush: one `writev` of them when the socket takes
+    /// vectors, else one write of them copied together.
     fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n =
-                futures::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
+        loop {
+            let mut pending = lock(&self.pending);
+            if pending.len == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let n = if self.inner.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut k = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&pending.chunks) {
+                    *slot = IoSlice::new(chunk);
+                    k += 1;
+                }
+                futures::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..k]))?
+            } else if pending.chunks.len() == 1 {
+                let chunk = pending.chunks[0].clone();
+                futures::ready!(Pin::new(&mut self.inner).poll_write(cx, &chunk))?
+            } else {
+                let mut all = BytesMut::with_capacity(pending.len);
+                for c in &pending.chunks {
+                    all.extend_from_slice(c);
+                }
+                let len = pending.len;
+                pending.chunks.clear();
+                pending.len = 0;
+                pending.push(all.freeze());
+                debug_assert_eq!(pending.len, len);
+                continue;
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.wpos += n;
+            pending.advance(n);
         }
-        self.wbuf = Vec::new();
-        self.wpos = 0;
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -145,11 +298,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LeanIo<T> {
                 return Pin::new(&mut this.inner).poll_write(cx, buf);
             }
         }
-        if this.wbuf.capacity() == 0 {
-            // One allocation for a burst (a lead of 100 ms frames), not one growth a frame.
-            this.wbuf.reserve(buf.len().max(LEAN_IO_WRITE_RESERVE));
+        let mut pending = lock(&this.pending);
+        if has_close_frame(buf) {
+            pending.closed = true;
         }
-        this.wbuf.extend_from_slice(buf);
+        pending.push(Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -233,6 +386,20 @@ mod tests {
             Pin::new(&mut self.inner).poll_write(cx, buf)
         }
 
+        /// Like a socket's `writev`: all the slices in one write.
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.inner).poll_flush(cx)
         }
@@ -261,7 +428,11 @@ mod tests {
         io.flush().await.unwrap();
         assert_eq!(io.inner.writes, 1, "one write for the burst");
         assert_eq!(io.pending_write(), 0);
-        assert_eq!(io.wbuf.capacity(), 0, "sent: no buffer held");
+        assert_eq!(
+            lock(&io.pending).chunks.capacity(),
+            0,
+            "sent: no buffer held"
+        );
         let mut got = vec![0u8; 5 * 3204];
         peer.read_exact(&mut got).await.unwrap();
         assert!(got.iter().all(|b| *b == 1));
@@ -283,5 +454,59 @@ mod tests {
                 .all(|b| *b == 3)
         );
         assert!(all[LEAN_IO_WRITE_MAX + 10..].iter().all(|b| *b == 4));
+    }
+
+    #[tokio::test]
+    async fn raw_frames_keep_their_order_with_the_library_writes_and_go_out_in_one_writev() {
+        let (mut peer, ours) = tokio::io::duplex(256 * 1024);
+        let mut io = LeanIo::new(
+            Counting {
+                inner: ours,
+                writes: 0,
+            },
+            &[],
+        );
+        let mut raw = io.raw_writer();
+        // A text frame written by the library, two audio frames, a pong, one more audio frame.
+        io.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+        let audio = Bytes::from(vec![5u8; 3200]);
+        raw.push_binary(audio.clone()).unwrap();
+        raw.push_binary(Bytes::from_static(b"abc")).unwrap();
+        io.write_all(&[0x8a, 0]).await.unwrap();
+        raw.push_binary(Bytes::from(vec![6u8; 70_000])).unwrap();
+        assert_eq!(io.inner.writes, 0, "nothing sent before the flush");
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 1, "one writev for the burst");
+        assert_eq!(io.pending_write(), 0);
+        let mut expected = vec![0x81, 2, b'h', b'i', 0x82, 126, 0x0c, 0x80];
+        expected.extend_from_slice(&audio);
+        expected.extend_from_slice(&[0x82, 3, b'a', b'b', b'c', 0x8a, 0, 0x82, 127]);
+        expected.extend_from_slice(&70_000u64.to_be_bytes());
+        expected.extend_from_slice(&[6u8; 70_000]);
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn no_raw_frame_follows_the_library_s_close_frame() {
+        let (_peer, ours) = tokio::io::duplex(1024);
+        let mut io = LeanIo::new(ours, &[]);
+        let mut raw = io.raw_writer();
+        // A pong then a close frame (code 1000) in one write.
+        io.write_all(&[0x8a, 0, 0x88, 2, 0x03, 0xe8]).await.unwrap();
+        assert_eq!(raw.push_binary(Bytes::from_static(b"late")), Err(Closing));
+    }
+
+    #[test]
+    fn close_frames_are_found_behind_other_frames() {
+        assert!(!has_close_frame(&[0x81, 2, b'h', b'i']));
+        assert!(has_close_frame(&[0x81, 2, b'h', b'i', 0x88, 0]));
+        let mut long = vec![0x82, 126, 0x01, 0x00];
+        long.extend_from_slice(&[0x88; 256]);
+        assert!(!has_close_frame(&long), "0x88 bytes in a payload");
+        long.extend_from_slice(&[0x88, 0]);
+        assert!(has_close_frame(&long));
+        assert!(!has_close_frame(&[0x82, 127, 0, 0]), "a cut header");
     }
 }

@@ -78,6 +78,8 @@ struct FailFastSink<S, T, E> {
     failed: bool,
     convert: fn(WsMessage) -> T,
     error: fn(E) -> SocketError,
+    /// A server socket's binary frames go here instead of through the library (no copy).
+    raw: Option<crate::lean_io::RawWriter>,
 }
 
 impl<S, T, E> FailFastSink<S, T, E> {
@@ -111,6 +113,17 @@ where
         if self.failed {
             return Err(Self::gone());
         }
+        // `poll_ready` came first (the `Sink` contract): what was sent before is in the
+        // socket's queue already, so the raw frame goes after it.
+        let item = match (&mut self.raw, item) {
+            (Some(raw), WsMessage::Binary(payload)) => {
+                return raw.push_binary(payload).map_err(|e| {
+                    self.failed = true;
+                    SocketError::Disconnected(e.to_string())
+                });
+            }
+            (_, item) => item,
+        };
         let item = (self.convert)(item);
         let r = Pin::new(&mut self.inner).start_send(item);
         self.check(r)
@@ -239,6 +252,7 @@ mod axum_adapter {
             failed: false,
             convert: to_axum,
             error: from_axum_error,
+            raw: None,
         };
         let stream = FailFastStream {
             inner: stream,
@@ -288,12 +302,37 @@ mod axum_adapter {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        split_tungstenite(ws, None)
+    }
+
+    /// [`tungstenite_socket`] for the server's end of a WebSocket over a
+    /// [`crate::lean_io::LeanIo`]: binary frames go straight to its write queue through `raw`
+    /// (its [`crate::lean_io::LeanIo::raw_writer`]), without being copied; text and control
+    /// frames, and the flushes, go through tungstenite.
+    pub fn tungstenite_server_socket<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        raw: crate::lean_io::RawWriter,
+    ) -> (SocketSink, SocketStream)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        split_tungstenite(ws, Some(raw))
+    }
+
+    fn split_tungstenite<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        raw: Option<crate::lean_io::RawWriter>,
+    ) -> (SocketSink, SocketStream)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sink, stream) = ws.split();
         let sink = FailFastSink {
             inner: sink,
             failed: false,
             convert: to_tungstenite,
             error: from_tungstenite,
+            raw,
         };
         let stream = FailFastStream {
             inner: stream,
@@ -306,7 +345,9 @@ mod axum_adapter {
 }
 
 #[cfg(feature = "axum")]
-pub use axum_adapter::{axum_socket, from_tungstenite, tungstenite_socket};
+pub use axum_adapter::{
+    axum_socket, from_tungstenite, tungstenite_server_socket, tungstenite_socket,
+};
 
 /// A socket made of two channels, for tests and in-process use: returns the call's halves and
 /// the peer's halves (what the peer sends, what the call sent).
@@ -325,6 +366,7 @@ pub fn channel_socket(
         failed: false,
         convert: |m| m,
         error: |e: futures::channel::mpsc::SendError| SocketError::Disconnected(e.to_string()),
+        raw: None,
     };
     (Box::pin(sink), Box::pin(call_rx), to_call, from_call)
 }
@@ -369,6 +411,7 @@ mod tests {
             failed: false,
             convert: |m| m,
             error: |e: &'static str| SocketError::Disconnected(e.into()),
+            raw: None,
         };
         let e = sink.send(WsMessage::Text("a".into())).await.unwrap_err();
         assert_eq!(e, SocketError::Disconnected("reset".into()));

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use micdrop_core::lean_io::LeanIo;
-use micdrop_core::socket::{SocketSink, SocketStream, tungstenite_socket};
+use micdrop_core::socket::{SocketSink, SocketStream, tungstenite_server_socket};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -76,15 +76,19 @@ impl CallUpgrade {
                 Ok(parts) => {
                     let io = LeanIo::new(parts.io.into_inner(), &parts.read_buf);
                     drop(parts.read_buf);
-                    tungstenite_socket(
+                    let raw = io.raw_writer();
+                    tungstenite_server_socket(
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
+                        raw,
                     )
                 }
                 // Another transport (not the server's TCP listener): through hyper's IO.
                 Err(upgraded) => {
                     let io = LeanIo::new(TokioIo::new(upgraded), &[]);
-                    tungstenite_socket(
+                    let raw = io.raw_writer();
+                    tungstenite_server_socket(
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
+                        raw,
                     )
                 }
             };
