@@ -409,16 +409,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_frames_of_a_burst_go_out_in_one_write_at_the_flush() {
-        let (mut peer, ours) = tokio::io::duplex(256 * 1024);
-        let mut io = LeanIo::new(
+    /// A `LeanIo` over a socket that counts its writes, and the socket's peer.
+    fn counting_io() -> (
+        tokio::io::DuplexStream,
+        LeanIo<Counting<tokio::io::DuplexStream>>,
+    ) {
+        let (peer, ours) = tokio::io::duplex(256 * 1024);
+        let io = LeanIo::new(
             Counting {
                 inner: ours,
                 writes: 0,
             },
             &[],
         );
+        (peer, io)
+    }
+
+    #[tokio::test]
+    async fn the_frames_of_a_burst_go_out_in_one_write_at_the_flush() {
+        let (mut peer, mut io) = counting_io();
         let frame = vec![1u8; 3204];
         for _ in 0..5 {
             io.write_all(&frame).await.unwrap();
@@ -458,14 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn raw_frames_keep_their_order_with_the_library_writes_and_go_out_in_one_writev() {
-        let (mut peer, ours) = tokio::io::duplex(256 * 1024);
-        let mut io = LeanIo::new(
-            Counting {
-                inner: ours,
-                writes: 0,
-            },
-            &[],
-        );
+        let (mut peer, mut io) = counting_io();
         let mut raw = io.raw_writer();
         // A text frame written by the library, two audio frames, a pong, one more audio frame.
         io.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
