@@ -49,11 +49,6 @@ enum Phase {
     },
 }
 
-/// Play time of PCM s16le 16 kHz mono bytes.
-fn play_time(bytes: usize) -> Duration {
-    Duration::from_micros(bytes as u64 * 1_000_000 / 32_000)
-}
-
 /// A small xorshift for think times (no dependency, deterministic per caller).
 fn think_time(state: &mut u64) -> Duration {
     *state ^= *state << 13;
@@ -118,7 +113,7 @@ pub(super) async fn caller(
                             latencies.push(now.duration_since(*stopped).as_secs_f64() * 1000.0);
                         }
                         *last_audio = Some(now);
-                        *played = Some(played.unwrap_or(now).max(now) + play_time(audio.len()));
+                        *played = Some(played.unwrap_or(now).max(now) + crate::audio::duration_of_bytes(audio.len()));
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
@@ -165,10 +160,9 @@ pub(super) async fn caller(
                             tx.send(Message::text("StopSpeaking")).await
                         }
                     }
-                    Phase::Waiting { last_audio, played, .. } => {
-                        if played.is_some_and(|p| p > now) {
-                            // Quiet, but what was received still plays.
-                        } else if last_audio.is_some() {
+                    // Due once the audio received has played and was followed by silence.
+                    Phase::Waiting { last_audio, .. } => {
+                        if last_audio.is_some() {
                             answered += 1;
                             phase = Phase::Thinking(now + think_time(&mut seed));
                         } else {
@@ -213,6 +207,6 @@ mod tests {
             );
         }
         assert_eq!(speech_frame().len(), 3200);
-        assert_eq!(play_time(3200), FRAME);
+        assert_eq!(crate::audio::duration_of_bytes(speech_frame().len()), FRAME);
     }
 }
