@@ -262,20 +262,16 @@ impl<T: AsyncWrite + Unpin> LeanIo<T> {
                     k += 1;
                 }
                 futures::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..k]))?
-            } else if pending.chunks.len() == 1 {
-                let chunk = pending.chunks[0].clone();
-                futures::ready!(Pin::new(&mut self.inner).poll_write(cx, &chunk))?
             } else {
-                let mut all = BytesMut::with_capacity(pending.len);
-                for c in &pending.chunks {
-                    all.extend_from_slice(c);
+                if pending.chunks.len() > 1 {
+                    // One chunk of the same bytes (the length is unchanged).
+                    let mut all = BytesMut::with_capacity(pending.len);
+                    for chunk in pending.chunks.drain(..) {
+                        all.extend_from_slice(&chunk);
+                    }
+                    pending.chunks.push_back(all.freeze());
                 }
-                let len = pending.len;
-                pending.chunks.clear();
-                pending.len = 0;
-                pending.push(all.freeze());
-                debug_assert_eq!(pending.len, len);
-                continue;
+                futures::ready!(Pin::new(&mut self.inner).poll_write(cx, &pending.chunks[0]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -374,6 +370,8 @@ mod tests {
     struct Counting<W> {
         inner: W,
         writes: usize,
+        /// Whether it takes vectors (`writev`).
+        vectored: bool,
     }
 
     impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<W> {
@@ -397,7 +395,7 @@ mod tests {
         }
 
         fn is_write_vectored(&self) -> bool {
-            true
+            self.vectored
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -410,7 +408,9 @@ mod tests {
     }
 
     /// A `LeanIo` over a socket that counts its writes, and the socket's peer.
-    fn counting_io() -> (
+    fn counting_io(
+        vectored: bool,
+    ) -> (
         tokio::io::DuplexStream,
         LeanIo<Counting<tokio::io::DuplexStream>>,
     ) {
@@ -419,6 +419,7 @@ mod tests {
             Counting {
                 inner: ours,
                 writes: 0,
+                vectored,
             },
             &[],
         );
@@ -427,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_frames_of_a_burst_go_out_in_one_write_at_the_flush() {
-        let (mut peer, mut io) = counting_io();
+        let (mut peer, mut io) = counting_io(true);
         let frame = vec![1u8; 3204];
         for _ in 0..5 {
             io.write_all(&frame).await.unwrap();
@@ -467,7 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn raw_frames_keep_their_order_with_the_library_writes_and_go_out_in_one_writev() {
-        let (mut peer, mut io) = counting_io();
+        let (mut peer, mut io) = counting_io(true);
         let mut raw = io.raw_writer();
         // A text frame written by the library, two audio frames, a pong, one more audio frame.
         io.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
@@ -488,6 +489,20 @@ mod tests {
         let mut got = vec![0u8; expected.len()];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_socket_without_vectored_writes_gets_the_chunks_in_one_write() {
+        let (mut peer, mut io) = counting_io(false);
+        let mut raw = io.raw_writer();
+        io.write_all(&[0x81, 1, b'x']).await.unwrap();
+        raw.push_binary(Bytes::from_static(b"pcm")).unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 1, "the three chunks copied together");
+        assert_eq!(io.pending_write(), 0);
+        let mut got = [0u8; 8];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x81, 1, b'x', 0x82, 3, b'p', b'c', b'm']);
     }
 
     #[tokio::test]
