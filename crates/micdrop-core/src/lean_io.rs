@@ -24,7 +24,13 @@
 //! frame buffer, then into the gathered buffer). The library's own writes (text, ping, pong,
 //! close) keep their order with them; once the library has written a close frame, the raw
 //! writer refuses more.
+//!
+//! Neither buffer is allocated for each frame: a buffer drained (the rest of a read handed out,
+//! a queue sent) is kept by the thread as its spare (one of each per thread, see [`Spare`]) and
+//! taken by the next connection that needs one on that thread. A connection still holds none
+//! between its frames.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -53,6 +59,9 @@ struct Pending {
 
 impl Pending {
     fn push(&mut self, chunk: Bytes) {
+        if self.chunks.capacity() == 0 {
+            self.chunks = VecDeque::take_spare();
+        }
         self.len += chunk.len();
         self.chunks.push_back(chunk);
     }
@@ -73,12 +82,66 @@ impl Pending {
         }
         if self.chunks.is_empty() {
             // Nothing held between bursts.
-            self.chunks = VecDeque::new();
+            std::mem::take(&mut self.chunks).give_back();
         }
     }
 }
 
 type Shared = Arc<Mutex<Pending>>;
+
+/// Empty storage a thread keeps for its next connection that needs some: the rest of a read,
+/// a burst's queue. Taken when needed, given back when drained, so that the frames of the calls
+/// a thread serves reuse one allocation instead of each making and freeing its own.
+trait Spare: Default + Sized + 'static {
+    /// This thread's spare (at most one).
+    fn slot() -> &'static std::thread::LocalKey<Cell<Self>>;
+    /// Whether the storage is worth keeping (not too large, not empty).
+    fn keep(&self) -> bool;
+    /// Empties the storage, keeping its allocation.
+    fn clear_all(&mut self);
+
+    /// The thread's spare, or a new (unallocated) one.
+    fn take_spare() -> Self {
+        Self::slot().with(Cell::take)
+    }
+
+    /// Leaves `self`'s allocation to the thread's next connection that needs one.
+    fn give_back(mut self) {
+        if self.keep() {
+            self.clear_all();
+            Self::slot().with(|slot| slot.set(self));
+        }
+    }
+}
+
+thread_local! {
+    static SPARE_READ: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE_QUEUE: Cell<VecDeque<Bytes>> = const { Cell::new(VecDeque::new()) };
+}
+
+impl Spare for Vec<u8> {
+    fn slot() -> &'static std::thread::LocalKey<Cell<Self>> {
+        &SPARE_READ
+    }
+    fn keep(&self) -> bool {
+        self.capacity() > 0 && self.capacity() <= LEAN_IO_CHUNK
+    }
+    fn clear_all(&mut self) {
+        self.clear();
+    }
+}
+
+impl Spare for VecDeque<Bytes> {
+    fn slot() -> &'static std::thread::LocalKey<Cell<Self>> {
+        &SPARE_QUEUE
+    }
+    fn keep(&self) -> bool {
+        self.capacity() > 0 && self.capacity() <= MAX_IOVECS
+    }
+    fn clear_all(&mut self) {
+        self.clear();
+    }
+}
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -208,7 +271,7 @@ impl<T> LeanIo<T> {
         dst.put_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         if self.pos == self.buf.len() {
-            self.buf = Vec::new();
+            std::mem::take(&mut self.buf).give_back();
             self.pos = 0;
         }
     }
@@ -238,7 +301,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
         let n = dst.remaining().min(got.len());
         dst.put_slice(&got[..n]);
         if n < got.len() {
-            this.buf = got[n..].to_vec();
+            let mut buf = Vec::take_spare();
+            buf.extend_from_slice(&got[n..]);
+            this.buf = buf;
             this.pos = 0;
         }
         Poll::Ready(Ok(()))
@@ -350,6 +415,50 @@ mod tests {
         assert_eq!(&got, b"pong");
         drop(peer);
         assert_eq!(io.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn drained_buffers_are_reused_by_the_next_connection_of_the_thread() {
+        // A read's rest: the second connection's is the allocation the first one drained. In
+        // between, an allocation of the same size is made (`malloc`, as `calloc` may take
+        // another path) and kept: had the first been freed, the allocator would hand it out there.
+        let mut small = [0u8; 512];
+        let mut rest_at = None;
+        let mut blockers = Vec::new();
+        for _ in 0..2 {
+            let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+            let mut io = LeanIo::new(ours, &[]);
+            peer.write_all(&[7u8; 3000]).await.unwrap();
+            assert_eq!(io.read(&mut small).await.unwrap(), 512);
+            assert_eq!(io.buffered(), 3000 - 512);
+            let at = io.buf.as_ptr();
+            assert_eq!(*rest_at.get_or_insert(at), at);
+            while io.buffered() > 0 {
+                assert!(io.read(&mut small).await.unwrap() > 0);
+            }
+            assert_eq!(
+                io.buffer_capacity(),
+                0,
+                "a drained connection holds no buffer"
+            );
+            blockers.push(Vec::<u8>::with_capacity(3000 - 512));
+        }
+        // A burst's queue: the same for the write side.
+        let mut queue_at = None;
+        for _ in 0..2 {
+            let (_peer, ours) = tokio::io::duplex(64 * 1024);
+            let mut io = LeanIo::new(ours, &[]);
+            io.write_all(b"frame").await.unwrap();
+            let at = lock(&io.pending).chunks.as_slices().0.as_ptr();
+            assert_eq!(*queue_at.get_or_insert(at), at);
+            io.flush().await.unwrap();
+            assert_eq!(
+                lock(&io.pending).chunks.capacity(),
+                0,
+                "nothing held between bursts"
+            );
+            blockers.push(Vec::<u8>::with_capacity(4 * std::mem::size_of::<Bytes>()));
+        }
     }
 
     #[tokio::test]
