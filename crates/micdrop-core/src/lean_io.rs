@@ -8,8 +8,8 @@
 //! `LeanIo` sits below the library: the library keeps a small buffer (e.g. 512 bytes), and
 //! each read that finds `LeanIo` empty takes up to [`LEAN_IO_CHUNK`] bytes from the socket in
 //! one system call (into a stack buffer), hands the library what it asked for and keeps the
-//! rest in a heap buffer of exactly that size, freed as soon as it has been read. An idle
-//! connection holds no read buffer here, and a frame still costs one system call.
+//! rest in a heap buffer that it gives up as soon as it has been read. An idle connection holds
+//! no read buffer here, and a frame still costs one system call.
 //!
 //! Writes are gathered the same way: the frames written between two flushes (a burst of paced
 //! audio, a text frame and its audio) go to the socket in one system call at the flush (one
@@ -25,10 +25,10 @@
 //! close) keep their order with them; once the library has written a close frame, the raw
 //! writer refuses more.
 //!
-//! Neither buffer is allocated for each frame: a buffer drained (the rest of a read handed out,
-//! a queue sent) is kept by the thread as its spare (one of each per thread, see [`Spare`]) and
-//! taken by the next connection that needs one on that thread. A connection still holds none
-//! between its frames.
+//! Neither buffer is allocated for each frame: a buffer drained (the rest of a read handed
+//! out, a queue sent) is kept by the thread as its spare (one of each per thread, in a
+//! `thread_local`) and taken by the next connection that needs one on that thread. A
+//! connection still holds none between its frames.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
