@@ -60,7 +60,7 @@ struct Pending {
 impl Pending {
     fn push(&mut self, chunk: Bytes) {
         if self.chunks.capacity() == 0 {
-            self.chunks = VecDeque::take_spare();
+            self.chunks = SPARE_QUEUE.with(Cell::take);
         }
         self.len += chunk.len();
         self.chunks.push_back(chunk);
@@ -81,66 +81,24 @@ impl Pending {
             self.chunks.pop_front();
         }
         if self.chunks.is_empty() {
-            // Nothing held between bursts.
-            std::mem::take(&mut self.chunks).give_back();
+            // Nothing held between bursts: the storage becomes the thread's spare.
+            let mut chunks = std::mem::take(&mut self.chunks);
+            chunks.clear(); // (its ring starts over)
+            if (1..=MAX_IOVECS).contains(&chunks.capacity()) {
+                SPARE_QUEUE.with(|spare| spare.set(chunks));
+            }
         }
     }
 }
 
 type Shared = Arc<Mutex<Pending>>;
 
-/// Empty storage a thread keeps for its next connection that needs some: the rest of a read,
-/// a burst's queue. Taken when needed, given back when drained, so that the frames of the calls
-/// a thread serves reuse one allocation instead of each making and freeing its own.
-trait Spare: Default + Sized + 'static {
-    /// This thread's spare (at most one).
-    fn slot() -> &'static std::thread::LocalKey<Cell<Self>>;
-    /// Whether the storage is worth keeping (not too large, not empty).
-    fn keep(&self) -> bool;
-    /// Empties the storage, keeping its allocation.
-    fn clear_all(&mut self);
-
-    /// The thread's spare, or a new (unallocated) one.
-    fn take_spare() -> Self {
-        Self::slot().with(Cell::take)
-    }
-
-    /// Leaves `self`'s allocation to the thread's next connection that needs one.
-    fn give_back(mut self) {
-        if self.keep() {
-            self.clear_all();
-            Self::slot().with(|slot| slot.set(self));
-        }
-    }
-}
-
 thread_local! {
+    /// The thread's spare read buffer and burst queue: empty storage kept for the next
+    /// connection of the thread that needs some, so that the frames of the calls a thread
+    /// serves reuse one allocation instead of each making and freeing its own.
     static SPARE_READ: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     static SPARE_QUEUE: Cell<VecDeque<Bytes>> = const { Cell::new(VecDeque::new()) };
-}
-
-impl Spare for Vec<u8> {
-    fn slot() -> &'static std::thread::LocalKey<Cell<Self>> {
-        &SPARE_READ
-    }
-    fn keep(&self) -> bool {
-        self.capacity() > 0 && self.capacity() <= LEAN_IO_CHUNK
-    }
-    fn clear_all(&mut self) {
-        self.clear();
-    }
-}
-
-impl Spare for VecDeque<Bytes> {
-    fn slot() -> &'static std::thread::LocalKey<Cell<Self>> {
-        &SPARE_QUEUE
-    }
-    fn keep(&self) -> bool {
-        self.capacity() > 0 && self.capacity() <= MAX_IOVECS
-    }
-    fn clear_all(&mut self) {
-        self.clear();
-    }
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
@@ -271,7 +229,12 @@ impl<T> LeanIo<T> {
         dst.put_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         if self.pos == self.buf.len() {
-            std::mem::take(&mut self.buf).give_back();
+            // The storage becomes the thread's spare.
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            if (1..=LEAN_IO_CHUNK).contains(&buf.capacity()) {
+                SPARE_READ.with(|spare| spare.set(buf));
+            }
             self.pos = 0;
         }
     }
@@ -301,7 +264,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
         let n = dst.remaining().min(got.len());
         dst.put_slice(&got[..n]);
         if n < got.len() {
-            let mut buf = Vec::take_spare();
+            let mut buf = SPARE_READ.with(Cell::take);
             buf.extend_from_slice(&got[n..]);
             this.buf = buf;
             this.pos = 0;
