@@ -284,11 +284,10 @@ impl<T: AsyncWrite + Unpin> LeanIo<T> {
             }
             let n = if self.inner.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut k = 0;
                 for (slot, chunk) in slices.iter_mut().zip(&pending.chunks) {
                     *slot = IoSlice::new(chunk);
-                    k += 1;
                 }
+                let k = pending.chunks.len().min(MAX_IOVECS);
                 futures::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..k]))?
             } else {
                 if pending.chunks.len() > 1 {

@@ -305,17 +305,24 @@ mod axum_adapter {
         split_tungstenite(ws, None)
     }
 
-    /// [`tungstenite_socket`] for the server's end of a WebSocket over a
-    /// [`crate::lean_io::LeanIo`]: binary frames go straight to its write queue through `raw`
-    /// (its [`crate::lean_io::LeanIo::raw_writer`]), without being copied; text and control
+    /// The server's end of a WebSocket (handshake done) over `io`, as [`tungstenite_socket`]
+    /// with `config`, except that binary frames go straight to `io`'s write queue (its
+    /// [`crate::lean_io::LeanIo::raw_writer`]), without being copied; text and control
     /// frames, and the flushes, go through tungstenite.
-    pub fn tungstenite_server_socket<S>(
-        ws: tokio_tungstenite::WebSocketStream<S>,
-        raw: crate::lean_io::RawWriter,
+    pub async fn tungstenite_server_socket<S>(
+        io: crate::lean_io::LeanIo<S>,
+        config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     ) -> (SocketSink, SocketStream)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let raw = io.raw_writer();
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+        .await;
         split_tungstenite(ws, Some(raw))
     }
 

@@ -19,9 +19,8 @@ use hyper_util::rt::TokioIo;
 use micdrop_core::lean_io::LeanIo;
 use micdrop_core::socket::{SocketSink, SocketStream, tungstenite_server_socket};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
 
 /// tungstenite's read buffer of each call's WebSocket (bytes); reads from the socket are
@@ -76,20 +75,12 @@ impl CallUpgrade {
                 Ok(parts) => {
                     let io = LeanIo::new(parts.io.into_inner(), &parts.read_buf);
                     drop(parts.read_buf);
-                    let raw = io.raw_writer();
-                    tungstenite_server_socket(
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
-                        raw,
-                    )
+                    tungstenite_server_socket(io, config).await
                 }
                 // Another transport (not the server's TCP listener): through hyper's IO.
                 Err(upgraded) => {
-                    let io = LeanIo::new(TokioIo::new(upgraded), &[]);
-                    let raw = io.raw_writer();
-                    tungstenite_server_socket(
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
-                        raw,
-                    )
+                    tungstenite_server_socket(LeanIo::new(TokioIo::new(upgraded), &[]), config)
+                        .await
                 }
             };
             callback(sink, stream).await;
