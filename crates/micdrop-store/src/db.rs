@@ -48,6 +48,23 @@ pub enum StoreError {
     Corrupted(String),
 }
 
+impl StoreError {
+    /// Whether the error may come from another opener of the same SQLite database at the same
+    /// moment: a migration that failed, or a database busy or locked.
+    fn is_sqlite_race(&self) -> bool {
+        match self {
+            StoreError::Migrate(_) => true,
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
+                e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The database backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -122,14 +139,20 @@ impl Store {
                     source,
                 })?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options)
-                .await?;
-            Store {
-                pool: Pool::Sqlite(pool),
-                sqlite_path: Some(path),
-                vacuum_full: false,
+            // SQLite has no lock for openers: when two open a new database at once, the loser
+            // fails (switching the journal to WAL, or on the tables the other one created)
+            // and, retried, finds the work done.
+            let mut attempt = 0;
+            loop {
+                match Self::open_sqlite(options.clone(), &path).await {
+                    Ok(store) => break store,
+                    Err(e) if attempt < 5 && e.is_sqlite_race() => {
+                        debug!(error = %e, "SQLite open raced: retrying");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)
@@ -139,16 +162,32 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            Store {
+            let store = Store {
                 pool: Pool::Postgres(pool),
                 sqlite_path: None,
                 vacuum_full: false,
-            }
+            };
+            store.migrate().await?;
+            store
         } else {
             return Err(StoreError::Url(redact_url(url)));
         };
-        store.migrate().await?;
         info!(backend = ?store.backend(), "store open");
+        Ok(store)
+    }
+
+    /// Connects to the SQLite database at `path` and migrates it.
+    async fn open_sqlite(options: SqliteConnectOptions, path: &Path) -> Result<Store, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Store {
+            pool: Pool::Sqlite(pool),
+            sqlite_path: Some(path.to_owned()),
+            vacuum_full: false,
+        };
+        store.migrate().await?;
         Ok(store)
     }
 
@@ -165,27 +204,10 @@ impl Store {
                 )
             })
             .collect();
-        // Locking (PostgreSQL advisory lock): instances starting together migrate once.
+        // Locking (PostgreSQL advisory lock): instances starting together migrate once. SQLite
+        // has none: `open` retries a raced opening.
         let migrator = Migrator::with_migrations(migrations);
-        match &self.pool {
-            Pool::Postgres(p) => migrator.run(p).await?,
-            Pool::Sqlite(p) => {
-                // SQLite has no migration lock: when two openers race, the loser fails on the
-                // already created tables and, retried, sees the migration applied.
-                let mut attempt = 0;
-                loop {
-                    match migrator.run(p).await {
-                        Ok(()) => break,
-                        Err(e) if attempt < 5 => {
-                            debug!(error = %e, "SQLite migration raced: retrying");
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
+        on_pool!(self, |p| migrator.run(p).await)?;
         Ok(())
     }
 

@@ -914,3 +914,26 @@ fn lost_writes_are_counted() {
 async fn sqlite_pool(url: &str) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(url).await.unwrap()
 }
+
+/// Servers that open the same new SQLite database at the same moment (a restart's overlap, a
+/// scaled deployment on one volume) all get it: the openers that lose the race (on the switch
+/// to WAL, or on the tables another one created) are retried, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_openers_racing_on_a_new_database_all_open_it() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/race.db", dir.path().display());
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                tokio::spawn({
+                    let url = url.clone();
+                    async move { Store::open(&url).await }
+                })
+            })
+            .collect();
+        for opener in openers {
+            let store = opener.await.unwrap();
+            assert!(store.is_ok(), "round {round}: {:?}", store.err());
+        }
+    }
+}
