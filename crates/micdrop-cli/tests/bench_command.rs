@@ -2,13 +2,14 @@
 
 use std::process::Command;
 
-/// Runs `micdrop bench ARGS --json` (logs at warn) and returns its report; panics with its
-/// output when it fails.
-fn bench_json(args: &[&str]) -> serde_json::Value {
+/// Runs `micdrop bench ARGS EXTRA --json` (ARGS split at spaces, logs at warn) and returns its
+/// report; panics with its output when it fails.
+fn bench_json(args: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
         .env("MICDROP_LOG", "warn")
         .arg("bench")
-        .args(args)
+        .args(args.split_whitespace())
+        .args(extra)
         .arg("--json")
         .output()
         .unwrap();
@@ -45,16 +46,10 @@ fn short_bench_reports_latency_barge_in_and_server_usage() {
         "#,
     )
     .unwrap();
-    let r = bench_json(&[
-        "--calls",
-        "4",
-        "--ramp",
-        "0.2",
-        "--duration",
-        "1",
-        "--scenario",
-        scenario.to_str().unwrap(),
-    ]);
+    let r = bench_json(
+        "--calls 4 --ramp 0.2 --duration 1 --scenario",
+        &[scenario.to_str().unwrap()],
+    );
     assert_eq!(r["calls"], 4);
     assert_eq!(r["errors"], 0, "{r:#}");
     assert!(r["runs"].as_u64().unwrap() >= 4, "{r:#}");
@@ -81,15 +76,7 @@ fn short_bench_reports_latency_barge_in_and_server_usage() {
 
 #[test]
 fn light_callers_hold_their_calls_and_get_answers() {
-    let r = bench_json(&[
-        "--light",
-        "--calls",
-        "3",
-        "--ramp",
-        "0.1",
-        "--duration",
-        "2",
-    ]);
+    let r = bench_json("--light --calls 3 --ramp 0.1 --duration 2", &[]);
     assert_eq!(r["errors"], 0, "{r:#}");
     // One connection per caller for the whole run.
     assert_eq!(r["runs"], 3, "{r:#}");
@@ -104,18 +91,10 @@ fn light_callers_hold_their_calls_and_get_answers() {
 
 #[test]
 fn the_isolated_server_takes_the_audio_lead() {
-    let r = bench_json(&[
-        "--light",
-        "--isolate",
-        "--audio-lead-ms",
-        "0",
-        "--calls",
-        "6",
-        "--ramp",
-        "0.1",
-        "--duration",
-        "5",
-    ]);
+    let r = bench_json(
+        "--light --isolate --audio-lead-ms 0 --calls 6 --ramp 0.1 --duration 5",
+        &[],
+    );
     assert_eq!(r["errors"], 0, "{r:#}");
     assert_eq!(r["audio_lead_ms"], 0, "{r:#}");
     // Unpaced, each ~3.8 s answer arrives at once, but a light caller thinks only once it has
@@ -134,13 +113,7 @@ fn the_isolated_server_takes_the_audio_lead() {
 
     // A lead for a server the bench does not start is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_micdrop"))
-        .args([
-            "bench",
-            "--url",
-            "ws://127.0.0.1:9/",
-            "--audio-lead-ms",
-            "100",
-        ])
+        .args("bench --url ws://127.0.0.1:9/ --audio-lead-ms 100".split(' '))
         .output()
         .unwrap();
     assert!(!out.status.success());
