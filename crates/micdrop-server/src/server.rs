@@ -300,18 +300,29 @@ async fn call_handler(
             // made inside it, so it is its child (its lines show the address, the call's trace
             // does not), and only the call's span is entered at each poll of the call.
             let span = tracing::error_span!("client", addr = %client);
-            let prepared = Box::pin(prepare_call(&state, sink, stream, client))
+            // Taken apart at once: only what the end of the call needs (`active`, `session`)
+            // stays in the task's state while the call runs. A `PreparedCall` kept whole (or
+            // the `Option` it came in) would hold the spent config, sink and stream there,
+            // 1.2 KB of each idle call (docs/BENCHMARKS.md, "the call's task").
+            let Some(PreparedCall {
+                config,
+                sink,
+                stream,
+                active,
+                session,
+            }) = Box::pin(prepare_call(&state, sink, stream, client))
                 .instrument(span.clone())
+                .await
+            else {
+                drop((ip_permit, permit));
+                return;
+            };
+            let run = span.in_scope(|| run_call(config, sink, stream));
+            let end = run.await;
+            Box::pin(finish_call(&state, active, session, end))
+                .instrument(span)
                 .await;
-            if let Some(call) = prepared {
-                let run = span.in_scope(|| run_call(call.config, call.sink, call.stream));
-                let end = run.await;
-                Box::pin(finish_call(&state, call.active, call.session, end))
-                    .instrument(span)
-                    .await;
-            }
-            drop(ip_permit);
-            drop(permit);
+            drop((ip_permit, permit));
         })
     })
 }
@@ -322,7 +333,8 @@ struct PreparedCall {
     sink: SocketSink,
     stream: SocketStream,
     active: ActiveCall,
-    session: Option<micdrop_store::CallSession>,
+    /// Boxed: it waits in the call's task while the call runs, and most servers keep no store.
+    session: Option<Box<micdrop_store::CallSession>>,
 }
 
 /// The phase before the call: params, authentication, config, store. `None`: the call was
@@ -382,7 +394,7 @@ async fn prepare_call(
     let mut session = None;
     if let Some(hook) = &opts.store {
         match crate::persist::begin(hook, config, params.as_ref()).await {
-            Ok((c, s)) => (config, session) = (c, Some(s)),
+            Ok((c, s)) => (config, session) = (c, Some(Box::new(s))),
             Err(e) => {
                 telemetry::call_rejected();
                 reject(sink, &e).await;
@@ -405,7 +417,7 @@ async fn prepare_call(
 async fn finish_call(
     state: &AppState,
     active: ActiveCall,
-    session: Option<micdrop_store::CallSession>,
+    session: Option<Box<micdrop_store::CallSession>>,
     end: CallEnd,
 ) {
     active.end(&end.reason);
