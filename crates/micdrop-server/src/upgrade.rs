@@ -14,6 +14,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::future::Either;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use micdrop_core::lean_io::LeanIo;
@@ -63,12 +65,14 @@ impl CallUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        // The socket first, then the call: chained with `then` (not one async block, which
+        // would keep the spent config and callback in the task for the whole call).
+        let socket = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
                     debug!(error = %e, "WebSocket upgrade failed");
-                    return;
+                    return None;
                 }
             };
             let (sink, stream) = match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -83,8 +87,12 @@ impl CallUpgrade {
                         .await
                 }
             };
-            callback(sink, stream).await;
-        });
+            Some((sink, stream))
+        };
+        tokio::spawn(socket.then(move |socket| match socket {
+            Some((sink, stream)) => Either::Left(callback(sink, stream)),
+            None => Either::Right(std::future::ready(())),
+        }));
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
