@@ -58,7 +58,9 @@ pub struct BenchArgs {
     pub audio_lead_ms: Option<u64>,
     /// In-process server stack: `engine` (the call engine over trait-level simulated providers
     /// with exact delays) or `providers` (`micdrop serve --sim`: the real Gladia, Gradium and
-    /// Mistral clients against micdrop-sim's network simulators, TTS as a tone).
+    /// Mistral clients against micdrop-sim's network simulators, TTS as a tone) or `floor` (the
+    /// same socket stack and pacing without the call engine: each `StopSpeaking` gets the engine
+    /// stack's frames at once; the I/O floor of a turn, for the light callers).
     #[arg(long, value_enum, default_value_t = Stack::Engine)]
     pub stack: Stack,
     /// Run the in-process server in a child process (server-only CPU and memory figures).
@@ -86,6 +88,8 @@ pub enum Stack {
     Engine,
     /// The real provider clients against micdrop-sim (like `micdrop serve --sim`).
     Providers,
+    /// The socket stack and the pacing alone ([`micdrop_server::floor`]).
+    Floor,
 }
 
 /// Delays of the simulated providers.
@@ -215,8 +219,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         )?))
     };
     let in_proc = args.url.is_none();
-    // The provider simulators' own delays are known only in zero-delay mode.
-    let known_delays = args.stack == Stack::Engine || args.sim == SimMode::Zero;
+    // The provider simulators' own delays are known only in zero-delay mode (the floor has
+    // none).
+    let known_delays = args.stack != Stack::Providers || args.sim == SimMode::Zero;
     let options = BenchOptions {
         url,
         calls: args.calls,
@@ -261,6 +266,7 @@ enum InProcess {
     Engine(micdrop_server::RunningServer),
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Providers(micdrop_server::App),
+    Floor(micdrop_server::floor::FloorServer),
 }
 
 impl InProcess {
@@ -268,6 +274,7 @@ impl InProcess {
         match self {
             InProcess::Engine(s) => s.ws_url("/call"),
             InProcess::Providers(app) => app.server.ws_url(&app.path),
+            InProcess::Floor(s) => s.ws_url("/call"),
         }
     }
 
@@ -275,6 +282,7 @@ impl InProcess {
         match self {
             InProcess::Engine(s) => s.shutdown(grace).await,
             InProcess::Providers(app) => app.shutdown(grace).await,
+            InProcess::Floor(s) => s.shutdown().await,
         }
     }
 }
@@ -300,6 +308,18 @@ async fn start_server(
             options.serve_assets = false;
             Ok(InProcess::Engine(
                 micdrop_server::start("127.0.0.1:0".parse()?, options).await?,
+            ))
+        }
+        Stack::Floor => {
+            let lead = lead.unwrap_or(Some(micdrop_core::call::DEFAULT_AUDIO_LEAD));
+            Ok(InProcess::Floor(
+                micdrop_server::floor::start_floor(
+                    "127.0.0.1:0".parse()?,
+                    "/call",
+                    lead,
+                    timed::floor_answer(delays),
+                )
+                .await?,
             ))
         }
         #[cfg(not(feature = "sim"))]

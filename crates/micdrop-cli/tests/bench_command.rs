@@ -123,3 +123,18 @@ fn the_isolated_server_takes_the_audio_lead() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_floor_stack_answers_light_callers() {
+    let r = bench_json(
+        "--light --isolate --stack floor --calls 4 --ramp 0.1 --duration 2",
+        &[],
+    );
+    assert_eq!(r["errors"], 0, "{r:#}");
+    assert_eq!(r["calls_held_peak"], 4, "{r:#}");
+    let turns = r["turns_completed"].as_u64().unwrap();
+    assert!(turns >= 4, "{r:#}");
+    // Every turn got audio (its latency is the first audio frame's).
+    assert_eq!(r["latency_ms"]["count"].as_u64().unwrap(), turns, "{r:#}");
+    assert_eq!(r["audio_lead_ms"], 500, "{r:#}");
+}

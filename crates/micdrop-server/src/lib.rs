@@ -17,6 +17,7 @@ pub mod agents;
 pub mod app;
 pub mod config;
 pub mod drain;
+pub mod floor;
 pub mod guard;
 pub mod http;
 pub mod logging;

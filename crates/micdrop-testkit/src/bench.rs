@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use micdrop_core::agent::{Agent, ChatChunk, ChatModel, ChatRequest};
-use micdrop_core::call::CallConfig;
+use micdrop_core::call::{CallConfig, FloorAnswer};
 use micdrop_core::stt::{SpeechToText, SttCommand, SttEvent, SttSessionIo};
 use micdrop_core::time::sleep_until_exact;
 use micdrop_core::tts::{TextToSpeech, TtsCommand, TtsEvent, TtsSessionIo, UtteranceId};
@@ -197,6 +197,25 @@ impl SimTts {
     }
 }
 
+/// Audio bytes the TTS speaks per character of text.
+fn bytes_per_char(d: &SimDelays) -> usize {
+    (d.tts_ms_per_char * u64::from(SAMPLE_RATE) / 1000 * 2) as usize
+}
+
+/// What a turn of the engine stack sends, for `micdrop bench --stack floor`
+/// ([`micdrop_core::call::io_floor`]): the user's message, [`ANSWER`], and as many bytes of
+/// the same tone as the TTS speaks for it.
+pub fn floor_answer(delays: SimDelays) -> FloorAnswer {
+    let len = ANSWER.chars().count() * bytes_per_char(&delays);
+    let frame = tone_frame();
+    let audio: Vec<u8> = frame.iter().copied().cycle().take(len).collect();
+    FloorAnswer {
+        user: "tour 1".into(),
+        assistant: ANSWER.into(),
+        audio: Bytes::from(audio),
+    }
+}
+
 /// Frame length: 100 ms of PCM s16le at 16 kHz.
 const FRAME_BYTES: usize = (SAMPLE_RATE / 10) as usize * 2;
 
@@ -218,7 +237,7 @@ impl TextToSpeech for SimTts {
         let d = self.delays;
         let frame = self.frame.clone();
         Box::pin(async move {
-            let bytes_per_char = (d.tts_ms_per_char * u64::from(SAMPLE_RATE) / 1000 * 2) as usize;
+            let bytes_per_char = bytes_per_char(&d);
             let mut queue: std::collections::VecDeque<Utterance> = Default::default();
             loop {
                 let due = queue.front().and_then(|u| {
@@ -318,6 +337,16 @@ mod tests {
 
     /// When each audio frame of a 10-character utterance comes out, from its first text.
     async fn frame_times(factor: f64) -> Vec<Duration> {
+        tts_frames(factor, "0123456789")
+            .await
+            .into_iter()
+            .map(|(at, _)| at)
+            .collect()
+    }
+
+    /// Each audio frame of an utterance of `text`: when it comes out (from the first text) and
+    /// its length.
+    async fn tts_frames(factor: f64, text: &str) -> Vec<(Duration, usize)> {
         let delays = SimDelays {
             tts_realtime_factor: factor,
             ..SimDelays::zero()
@@ -327,17 +356,14 @@ mod tests {
         let session = tokio::spawn(SimTts::new(delays).run(TtsSessionIo { commands, events }));
         let start = Instant::now();
         cmd_tx.send(TtsCommand::Speak(1)).await.unwrap();
-        cmd_tx
-            .send(TtsCommand::Text(1, "0123456789".into()))
-            .await
-            .unwrap();
+        cmd_tx.send(TtsCommand::Text(1, text.into())).await.unwrap();
         cmd_tx.send(TtsCommand::EndText(1)).await.unwrap();
         let mut times = Vec::new();
         while let Some(ev) = ev_rx.recv().await {
             match ev {
                 TtsEvent::Audio(1, pcm) => {
                     assert!(pcm.len() <= FRAME_BYTES);
-                    times.push(start.elapsed());
+                    times.push((start.elapsed(), pcm.len()));
                 }
                 TtsEvent::Done(1) => break,
                 other => panic!("unexpected {other:?}"),
@@ -357,6 +383,16 @@ mod tests {
         );
         assert_eq!(ms(&frame_times(0.25).await), [0, 25, 50, 75, 100, 125, 150]);
         assert_eq!(ms(&frame_times(0.0).await), [0; 7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_answer_is_the_audio_the_tts_speaks_for_the_answer() {
+        let spoken: usize = tts_frames(0.0, ANSWER).await.iter().map(|f| f.1).sum();
+        let floor = floor_answer(SimDelays::zero());
+        assert_eq!(floor.audio.len(), spoken);
+        assert_eq!(spoken, 120_640, "3.77 s");
+        assert_eq!(floor.audio.slice(..FRAME_BYTES), tone_frame());
+        assert_eq!(floor.assistant, ANSWER);
     }
 
     #[tokio::test]

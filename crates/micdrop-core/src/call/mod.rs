@@ -19,6 +19,7 @@
 
 mod answer;
 mod engine;
+mod floor;
 mod latency;
 mod outbox;
 mod trace;
@@ -42,6 +43,7 @@ use crate::stt::SpeechToText;
 use crate::tts::TextToSpeech;
 use crate::turn::{DEFAULT_TURN_MAX_WAIT, TurnDetector};
 
+pub use floor::{FLOOR_CHUNK, FloorAnswer, io_floor};
 pub use latency::TurnLatencies;
 
 /// Default idle timeout: a call that receives no frame at all for this long is closed (1000).
