@@ -315,7 +315,6 @@ async fn start_server(
             Ok(InProcess::Floor(
                 micdrop_server::floor::start_floor(
                     "127.0.0.1:0".parse()?,
-                    "/call",
                     lead,
                     timed::floor_answer(delays),
                 )

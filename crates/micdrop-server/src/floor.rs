@@ -12,7 +12,7 @@ use axum::routing::get;
 use micdrop_core::call::{FloorAnswer, io_floor};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DEFAULT_MAX_FRAME_BYTES;
+use crate::config::{DEFAULT_MAX_FRAME_BYTES, DEFAULT_PATH};
 use crate::upgrade::{CallUpgrade, socket_config};
 
 /// A running floor server (see the module docs).
@@ -35,18 +35,17 @@ impl FloorServer {
     }
 }
 
-/// Binds `addr` and serves the floor on `path`: every `StopSpeaking` is answered with
-/// `answer`, its audio paced with `lead` (`None`: unpaced).
+/// Binds `addr` and serves the floor on the call endpoint's default path (`/call`): every
+/// `StopSpeaking` is answered with `answer`, its audio paced with `lead` (`None`: unpaced).
 pub async fn start_floor(
     addr: SocketAddr,
-    path: &str,
     lead: Option<Duration>,
     answer: FloorAnswer,
 ) -> std::io::Result<FloorServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let app = Router::new().route(
-        path,
+        DEFAULT_PATH,
         get(move |upgrade: CallUpgrade| async move {
             upgrade.on_upgrade(
                 socket_config(DEFAULT_MAX_FRAME_BYTES),

@@ -41,14 +41,13 @@ pub const FLOOR_CHUNK: usize = 3200;
 /// it fails; `lead` is the pacing lead ([`super::CallConfig::audio_lead`]).
 pub async fn io_floor(
     sink: SocketSink,
-    stream: SocketStream,
+    mut stream: SocketStream,
     lead: Option<Duration>,
     answer: FloorAnswer,
 ) {
     let mut outbox = Outbox::new(sink, lead);
     // As a call without a first message starts (the engine stack's).
     outbox.push_frame(ServerFrame::SkipAnswer.encode());
-    let mut stream = stream;
     let mut utterance = 0;
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
